@@ -1,0 +1,225 @@
+"""The typed schema of a cpt run: one dataclass per config group, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts its defaults list with `cpt_schema`, so every group file and every command-line
+override is merged into these dataclasses: an unknown key or a wrong type fails while Hydra composes.
+`validate()` then checks what types cannot express (cross-field rules, the world size) before any model is
+built. Code below `cpt.run` receives `RunConfig` objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+class Strategy(str, Enum):
+    full_shard = "full_shard"
+    shard_grad_op = "shard_grad_op"
+    hybrid_shard = "hybrid_shard"
+    no_shard = "no_shard"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    wsd = "wsd"
+    constant = "constant"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 on GPU, fp32 on CPU
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class ArchConfig:
+    """transformers config values used when the model is built from scratch (random init)."""
+
+    model_type: str = "qwen2"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    extra: Dict[str, Any] = field(default_factory=dict)  # any other transformers config field
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # hub id or local directory; null = build from `arch` (random init)
+    name_or_path: Optional[str] = None
+    random_init: bool = True  # true: build from `arch` and ignore pretrained weights
+    # "byte" (built-in byte-level tokenizer), a hub id or a local directory; null = name_or_path
+    tokenizer: Optional[str] = "byte"
+    arch: ArchConfig = field(default_factory=ArchConfig)
+
+
+@dataclass
+class FSDPConfig:
+    strategy: Strategy = Strategy.full_shard
+    # hybrid_shard: ranks per shard group (the rest replicate); null = ranks per node
+    shard_size: Optional[int] = None
+    cpu_offload: bool = False
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # not applied to norms, biases and embeddings
+    grad_clip: Optional[float] = 1.0  # max global grad norm; null disables clipping
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine / wsd end at lr * min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: share of the steps spent in the final decay
+
+
+@dataclass
+class DataConfig:
+    name: str = "sample"
+    # plain-text files tokenized on the fly; relative paths are taken from the launch directory
+    text_files: List[str] = field(default_factory=list)
+    val_fraction: float = 0.1  # tail share of the token stream held out for validation
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 100  # optimizer steps
+    micro_batch_size: int = 4  # sequences per rank per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    seq_len: int = 256
+    eval_interval: int = 50  # optimizer steps between validations; 0 = only at the end
+    eval_batches: int = 8  # micro-batches per rank per validation
+    log_interval: int = 10
+    seed: int = 1234
+    precision: Precision = Precision.auto
+    device: Device = Device.auto
+    nproc_per_node: int = 1  # >1: start that many local ranks from this one process
+    num_threads: Optional[int] = None  # CPU threads per rank; null = cores / local ranks
+    activation_checkpointing: bool = False
+    compile: bool = False
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU where the device table has none (CPU)
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _run_stamp(pattern: str) -> str:
+    """Like Hydra's ${now:}, but every rank of a torchrun job gets rank 0's time (see cpt.run)."""
+    stamp = os.environ.get("CPT_RUN_STAMP")
+    when = datetime.fromisoformat(stamp) if stamp else datetime.now()
+    return when.strftime(pattern)
+
+
+def register() -> None:
+    """Register the schema and cpt's resolvers; idempotent, called on import."""
+    OmegaConf.register_new_resolver("cpt_now", _run_stamp, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("cpt_asset", lambda name: str(ASSETS / name), replace=True)
+    ConfigStore.instance().store(name="cpt_schema", node=RunConfig)
+
+
+register()
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """Turn a composed config into typed objects (dropping Hydra's own node) and validate it."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    typed = OmegaConf.merge(OmegaConf.structured(RunConfig), container)
+    return OmegaConf.to_object(typed)
+
+
+def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
+    """Cross-field checks that types cannot express; raises ConfigError naming the key."""
+    t, o, f, d = cfg.trainer, cfg.optim, cfg.fsdp, cfg.data
+    positive = {
+        "trainer.steps": t.steps,
+        "trainer.micro_batch_size": t.micro_batch_size,
+        "trainer.grad_accum": t.grad_accum,
+        "trainer.seq_len": t.seq_len,
+        "trainer.log_interval": t.log_interval,
+        "trainer.eval_batches": t.eval_batches,
+        "trainer.nproc_per_node": t.nproc_per_node,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(key, f"must be >= 1, got {value}")
+    if t.eval_interval < 0:
+        raise ConfigError("trainer.eval_interval", f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")
+    if t.num_threads is not None and t.num_threads < 1:
+        raise ConfigError("trainer.num_threads", f"must be >= 1 or null, got {t.num_threads}")
+    if t.peak_flops is not None and t.peak_flops <= 0:
+        raise ConfigError("trainer.peak_flops", f"must be > 0 or null, got {t.peak_flops}")
+    if o.lr <= 0:
+        raise ConfigError("optim.lr", f"must be > 0, got {o.lr}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError("optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
+    if o.weight_decay < 0:
+        raise ConfigError("optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    if o.grad_clip is not None and o.grad_clip <= 0:
+        raise ConfigError("optim.grad_clip", f"must be > 0, or null to disable clipping; got {o.grad_clip}")
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ConfigError("optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+    if not 0 < o.decay_fraction <= 1:
+        raise ConfigError("optim.decay_fraction", f"must be in (0, 1], got {o.decay_fraction}")
+    if not 0 <= o.warmup_steps < t.steps:
+        raise ConfigError("optim.warmup_steps", f"must be in [0, trainer.steps={t.steps}), got {o.warmup_steps}")
+    if not 0 < d.val_fraction < 1:
+        raise ConfigError("data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    if not d.text_files:
+        raise ConfigError("data.text_files", "is empty: list at least one text file")
+    if cfg.model.name_or_path is None and not cfg.model.random_init:
+        raise ConfigError("model.random_init", "is false but model.name_or_path is null: give weights or set random_init=true")
+    if cfg.model.tokenizer is None and cfg.model.name_or_path is None:
+        raise ConfigError("model.tokenizer", "is null and so is model.name_or_path: name a tokenizer (or 'byte')")
+    if cfg.model.arch.num_attention_heads < 1 or cfg.model.arch.hidden_size % cfg.model.arch.num_attention_heads:
+        raise ConfigError("model.arch.num_attention_heads", "must be >= 1 and divide model.arch.hidden_size")
+    if f.strategy == Strategy.hybrid_shard:
+        shard = f.shard_size or local_world_size
+        if shard < 1 or world_size % shard:
+            raise ConfigError(
+                "fsdp.shard_size",
+                f"hybrid_shard needs a shard group size that divides the world size {world_size}, got {shard}",
+            )
+    elif f.shard_size is not None:
+        raise ConfigError("fsdp.shard_size", f"only applies to fsdp.strategy=hybrid_shard, not {f.strategy.value}")
+    if f.cpu_offload and f.strategy != Strategy.full_shard:
+        raise ConfigError("fsdp.cpu_offload", f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")

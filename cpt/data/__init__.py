@@ -1,0 +1,1 @@
+"""Data: token sources (cpt.data.text) and the batch loader (cpt.data.loader)."""

@@ -1,0 +1,99 @@
+"""Process group up and down. Rank and world come from the environment (torchrun, torch elastic, SLURM via
+submitit), never from argv; the backend follows the device: gloo on CPU, nccl (plus gloo for CPU tensors) on GPU."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from cpt.config import Device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_as_rank() -> bool:
+    """True when a launcher (torchrun, torch elastic, submitit) made this process one rank of a job."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def env_world() -> tuple[int, int, int, int]:
+    """(rank, local_rank, world_size, local_world_size) from the environment; a lone process is rank 0 of 1."""
+    if not launched_as_rank():
+        return 0, 0, 1, 1
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return rank, local_rank, world, local_world
+
+
+def resolve_device(device: Device) -> str:
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but torch sees no GPU: use trainer.device=cpu or auto")
+    return device.value
+
+
+def backend_for(device_type: str) -> str:
+    return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def init_process_group(device_type: str) -> None:
+    """Join the job's default process group (env:// rendezvous) unless already joined."""
+    if dist.is_initialized():
+        return
+    rank, local_rank, world, _ = env_world()
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    if "MASTER_ADDR" not in os.environ:  # a lone process: a private rendezvous
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(
+        backend=backend_for(device_type), rank=rank, world_size=world, timeout=timedelta(minutes=30)
+    )
+
+
+def setup(device: Device, num_threads: int | None) -> DistEnv:
+    device_type = resolve_device(device)
+    rank, local_rank, world, local_world = env_world()
+    if device_type == "cpu":
+        torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
+    elif num_threads:
+        torch.set_num_threads(num_threads)
+    init_process_group(device_type)
+    dev = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
+    return DistEnv(rank, local_rank, world, local_world, dev)
+
+
+def teardown() -> None:
+    """All ranks meet before the group goes, so no rank aborts while another still talks to it."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,152 @@
+"""Throughput, MFU and memory, and where metrics go: the console log, `metrics.jsonl` in the run directory, and a
+progress bar with ETA. Only global rank 0 writes; other ranks get a sink that drops everything."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Dense peak FLOP/s per GPU (no sparsity) by compute dtype, from the vendors' data sheets. fp32 runs on tensor
+# cores as TF32 where the device has them. Keys are matched against torch.cuda.get_device_name().
+PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp32": 494e12},
+    "H100 NVL": {"bf16": 835e12, "fp32": 418e12},
+    "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
+    "H100": {"bf16": 989e12, "fp32": 494e12},  # SXM
+    "GH200": {"bf16": 989e12, "fp32": 494e12},
+    "B200": {"bf16": 2250e12, "fp32": 1100e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+    "A800": {"bf16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp32": 183e12},
+    "L4": {"bf16": 121e12, "fp32": 60e12},
+    "A10G": {"bf16": 70e12, "fp32": 35e12},
+    "A10": {"bf16": 125e12, "fp32": 62.5e12},
+    "RTX 4090": {"bf16": 165e12, "fp32": 82.6e12},
+    "V100": {"bf16": 0.0, "fp32": 15.7e12},  # no bf16 tensor cores
+}
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6*N (N counts the lm_head even when it is tied to the embedding) plus the
+    attention score/value matmuls, 12 * layers * heads * head_dim * seq_len."""
+    cfg = model.config
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    if getattr(cfg, "tie_word_embeddings", False):
+        params += model.get_output_embeddings().weight.numel()
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 6 * params + 12 * cfg.num_hidden_layers * heads * head_dim * seq_len
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, configured: Optional[float]) -> Optional[float]:
+    """Peak FLOP/s of one device, or None when unknown (MFU is then reported as unavailable)."""
+    if configured:
+        return configured
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    key = "bf16" if dtype == torch.bfloat16 else "fp32"
+    for model_name, peaks in PEAK_FLOPS.items():  # ordered: specific names before their prefixes
+        if model_name in name:
+            return peaks[key] or None
+    return None
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this rank so far: CUDA allocator peak on GPU, process peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def local_state_mib(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """This rank's share of parameters + optimizer state (the part FSDP shards), in MiB."""
+    def local(t: torch.Tensor) -> torch.Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    total = sum(local(p).numel() * local(p).element_size() for p in model.parameters())
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.ndim > 0:
+                total += local(value).numel() * local(value).element_size()
+    return total / 2**20
+
+
+class Throughput:
+    """Tokens/s and MFU over the training time since the last report (validation time excluded). Read at log
+    steps only, so it adds no per-step host sync."""
+
+    def __init__(self, flops_per_token: float, peak: Optional[float], world_size: int):
+        self.flops_per_token, self.peak, self.world = flops_per_token, peak, world_size
+        self.tokens, self.elapsed, self.start = 0, 0.0, time.perf_counter()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def pause(self) -> None:
+        self.elapsed += time.perf_counter() - self.start
+
+    def resume(self) -> None:
+        self.start = time.perf_counter()
+
+    def report(self) -> dict:
+        self.pause()
+        tps = self.tokens / max(self.elapsed, 1e-9)  # global tokens/s
+        mfu = tps * self.flops_per_token / (self.peak * self.world) if self.peak else None
+        self.tokens, self.elapsed = 0, 0.0
+        self.resume()
+        return {"tokens_per_s": tps, "mfu": mfu}
+
+
+class MetricsSink:
+    """Rank 0: console log line, one JSON object per line in metrics.jsonl, tqdm progress bar."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool, enabled: bool):
+        self.enabled = enabled
+        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
+        self.bar = None
+        if enabled and progress_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                            dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        log.info(" | ".join(_fmt(k, v) for k, v in record.items()))
+        if self.bar is not None and "loss" in record:
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return f"{key} n/a"
+    if isinstance(value, float):
+        if key in ("lr",) or (value != 0 and abs(value) < 1e-3) or math.isinf(value):
+            return f"{key} {value:.3e}"
+        return f"{key} {value:.4f}" if abs(value) < 100 else f"{key} {value:,.0f}"
+    return f"{key} {value}"

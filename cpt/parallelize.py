@@ -1,0 +1,88 @@
+"""The only place that knows FSDP2, device meshes, mixed precision, activation checkpointing and compile.
+`parallelize()` takes a plain transformers module and returns it sharded, in place."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+from cpt.config import FSDPConfig, Precision, Strategy, TrainerConfig
+from cpt.distributed import DistEnv
+
+log = logging.getLogger(__name__)
+
+
+def compute_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    if precision == Precision.auto:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision == Precision.bf16 and device.type == "cpu":
+        warnings.warn("trainer.precision=bf16 on CPU: most CPUs have no bf16 units and run ~30x slower than fp32")
+    return torch.bfloat16 if precision == Precision.bf16 else torch.float32
+
+
+def build_mesh(cfg: FSDPConfig, env: DistEnv) -> DeviceMesh:
+    """1-D mesh for full_shard / shard_grad_op; 2-D (replicate, shard) for hybrid_shard and no_shard."""
+    if cfg.strategy == Strategy.hybrid_shard:
+        shard = cfg.shard_size or env.local_world_size
+    elif cfg.strategy == Strategy.no_shard:
+        shard = 1
+    else:
+        return init_device_mesh(env.device.type, (env.world_size,), mesh_dim_names=("shard",))
+    return init_device_mesh(env.device.type, (env.world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks, found by the class names transformers lists in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found (its _no_split_modules is {sorted(names)})")
+    return layers
+
+
+def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise ValueError(f"module {type(old).__name__} not found in the model")
+
+
+def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env: DistEnv) -> nn.Module:
+    """Activation checkpointing and compile per block, then fully_shard each block and the root."""
+    dtype = compute_dtype(trainer.precision, env.device)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if fsdp.cpu_offload else OffloadPolicy()
+    mesh = build_mesh(fsdp, env)
+    reshard = fsdp.strategy != Strategy.shard_grad_op
+
+    if fsdp.cpu_offload:  # parameters stay in host memory; buffers (rotary frequencies) go where compute runs
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                module._buffers[name] = buf.to(env.device)
+    else:
+        model.to(env.device)
+    for layer in decoder_layers(model):
+        block = layer
+        if trainer.activation_checkpointing:
+            block = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+        if trainer.compile:
+            block.compile()
+        if block is not layer:
+            _replace(model, layer, block)
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
+    # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
+    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
+    log.info(
+        "FSDP2 %s on mesh %s, compute %s, activation checkpointing %s, compile %s, cpu offload %s",
+        fsdp.strategy.value, tuple(mesh.shape), str(dtype).removeprefix("torch."),
+        trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload,
+    )
+    return model

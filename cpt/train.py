@@ -1,0 +1,145 @@
+"""The training loop of one rank, readable in one sitting:
+build tokenizer + model -> parallelize -> optimizer + schedule -> loop (micro-batches, accumulation, clip, step,
+schedule) with metrics at log steps and validation at eval steps."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from cpt import distributed
+from cpt.config import RunConfig
+from cpt.data.loader import WindowLoader
+from cpt.data.text import load_text_tokens
+from cpt.logs import setup_logging
+from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
+from cpt.model import build_model, build_tokenizer, check_vocab, count_params
+from cpt.optim import build_optimizer, build_scheduler
+from cpt.parallelize import compute_dtype, parallelize
+
+log = logging.getLogger(__name__)
+
+
+def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    logits = model(input_ids=inputs, use_cache=False).logits
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
+               grad_clip: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over `grad_accum` micro-batches; gradients are reduced only on the last one.
+    Returns this rank's mean loss and the global gradient norm (before clipping), both still on the device."""
+    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    for i, (inputs, targets) in enumerate(batches):
+        model.set_requires_gradient_sync(i == grad_accum - 1)
+        loss = lm_loss(model, inputs, targets) / grad_accum
+        loss.backward()
+        loss_sum += loss.detach()
+    params = [p for p in model.parameters() if p.grad is not None]
+    if grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    else:
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: WindowLoader, max_batches: int) -> float:
+    """Mean token loss over the validation windows of all ranks."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=loader.device)
+    for inputs, targets in loader.eval_batches(max_batches):
+        totals[0] += lm_loss(model, inputs, targets, reduction="sum").double()
+        totals[1] += targets.numel()
+    model.train()
+    dist.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def global_mean(value: torch.Tensor) -> float:
+    value = value.detach().clone().float()
+    dist.all_reduce(value)
+    return value.item() / dist.get_world_size()
+
+
+def scalar(t: torch.Tensor) -> float:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).item()
+
+
+def train(cfg: RunConfig, run_dir: Path) -> float:
+    """Run as one rank of the job (rank/world from the environment); returns the final validation loss."""
+    env = distributed.setup(cfg.trainer.device, cfg.trainer.num_threads)
+    setup_logging(run_dir, env.rank)
+    final_val = _train(cfg, run_dir, env)
+    distributed.teardown()
+    return final_val
+
+
+def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
+    t = cfg.trainer
+    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    tokenizer = build_tokenizer(cfg.model)
+    model = build_model(cfg.model)
+    check_vocab(model, tokenizer)
+    train_tokens, val_tokens = load_text_tokens(cfg.data, tokenizer, t.seq_len + 1)
+    fpt = flops_per_token(model, t.seq_len)
+    log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
+
+    model = parallelize(model, cfg.fsdp, t, env)
+    optimizer = build_optimizer(model, cfg.optim, env.device)
+    scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
+    loader_args = dict(seq_len=t.seq_len, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum,
+                       rank=env.rank, world=env.world_size, seed=t.seed, device=env.device)
+    train_loader = WindowLoader(train_tokens, **loader_args)
+    val_loader = WindowLoader(val_tokens, **loader_args)
+    if val_loader.eval_windows_per_rank(t.eval_batches) == 0:
+        raise ValueError(
+            f"config key 'data.val_fraction': {len(val_tokens)} validation tokens give fewer than one window of "
+            f"trainer.seq_len={t.seq_len} per rank for {env.world_size} ranks: hold out more or shorten seq_len"
+        )
+
+    tokens_per_step = train_loader.global_batch * t.seq_len
+    peak = peak_flops(env.device, compute_dtype(t.precision, env.device), t.peak_flops)
+    if peak is None:
+        log.info("MFU unavailable: no peak FLOP/s known for %s (set trainer.peak_flops)", env.device)
+    log.info("%d ranks, global batch %d x %d tokens = %d tokens/step, %d steps",
+             env.world_size, train_loader.global_batch, t.seq_len, tokens_per_step, t.steps)
+    sink = MetricsSink(run_dir, t.steps, 0, t.progress_bar, env.is_main)
+
+    def validate(step: int) -> float:
+        val = evaluate(model, val_loader, t.eval_batches)
+        sink.write({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+        return val
+
+    val_loss = validate(0)
+    throughput = Throughput(fpt, peak, env.world_size)
+    for step in range(t.steps):
+        loss, grad_norm = train_step(model, optimizer, train_loader.step_batches(step), t.grad_accum,
+                                     cfg.optim.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        throughput.add(tokens_per_step)
+        sink.advance()
+        done = step + 1
+        if done % t.log_interval == 0 or done == t.steps:
+            record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": scalar(grad_norm),
+                      "tokens": done * tokens_per_step, **throughput.report(),
+                      "peak_mem_mib": peak_memory_mib(env.device)}
+            if done == t.log_interval or done == t.steps:
+                record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
+            sink.write(record)
+        if (t.eval_interval and done % t.eval_interval == 0) or done == t.steps:
+            throughput.pause()
+            val_loss = validate(done)
+            throughput.resume()
+    sink.close()
+    return val_loss
