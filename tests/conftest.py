@@ -1,0 +1,65 @@
+"""Shared helpers: compose configs with Hydra's compose API, run `python -m cpt.run` / torchrun as the user
+would, and read a run's metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import cpt.config  # noqa: F401  (registers the schema)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# small, fast, learnable: the tiny model on the sample text, per-step logs, no progress bar
+TINY = [
+    "model=tiny", "trainer.seq_len=32", "trainer.steps=6", "trainer.log_interval=1", "trainer.eval_interval=0",
+    "trainer.eval_batches=2", "trainer.progress_bar=false", "trainer.num_threads=1", "optim.lr=3e-3",
+]
+
+
+def compose_cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def rank_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CPT_RUN_STAMP"):
+        env.pop(key, None)
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, torchrun_nproc: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+    if torchrun_nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_nproc}",
+               "-m", "cpt.run", *args]
+    else:
+        cmd = [sys.executable, "-m", "cpt.run", *args]
+    return subprocess.run(cmd, cwd=cwd, env=rank_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
+
+
+def run_tiny(tmp_path: Path, name: str, extra: list[str], **kw) -> Path:
+    run_dir = tmp_path / name
+    proc = run_cli([*TINY, *extra, f"hydra.run.dir={run_dir}"], cwd=tmp_path, **kw)
+    assert proc.returncode == 0, f"run {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return run_dir
+
+
+@pytest.fixture
+def tiny_overrides():
+    return list(TINY)

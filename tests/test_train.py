@@ -1,0 +1,117 @@
+"""Training behaviour: the tiny model learns; N ranks under every FSDP strategy reproduce the 1-rank curve for
+the same global batch; each launch mode leaves exactly one run directory; failures surface."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import read_metrics, run_cli, run_tiny, train_losses, TINY
+
+TOL = 1e-4
+
+
+def test_loss_decreases_on_learnable_data(tmp_path):
+    run_dir = run_tiny(tmp_path, "learn", ["trainer.steps=40", "trainer.eval_interval=20", "optim.warmup_steps=4"])
+    records = read_metrics(run_dir)
+    losses = [r["loss"] for r in records if "loss" in r]
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(losses) == 40 and len(vals) == 3  # steps 0, 20, 40
+    assert math.isclose(vals[0], math.log(512), rel_tol=0.05)  # random init predicts ~uniformly
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.5
+    assert vals[-1] < vals[0] - 1.5
+    last = records[-2]
+    assert last["lr"] == pytest.approx(3e-4, rel=1e-6)  # cosine ends at min_lr_ratio * lr on the last step
+    assert last["tokens"] == 40 * 4 * 32 and last["tokens_per_s"] > 0 and last["peak_mem_mib"] > 0
+    assert last["mfu"] is None  # CPU with no trainer.peak_flops: unavailable, never guessed
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """1 rank, micro-batch 4: the curve every multi-rank run must reproduce."""
+    tmp = tmp_path_factory.mktemp("ref")
+    run_dir = run_tiny(tmp, "ref", ["trainer.micro_batch_size=4"])
+    return read_metrics(run_dir)
+
+
+def _curve(records):
+    return [(r["loss"], r["grad_norm"]) for r in records if "loss" in r]
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"]),
+    ("full_shard", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=full_shard"]),
+    ("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"]),
+    ("no_shard", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=no_shard"]),
+    ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
+    ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                  "trainer.activation_checkpointing=true"]),
+    ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
+                    "fsdp.shard_size=2"]),
+])
+def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
+    records = read_metrics(run_tiny(tmp_path, name, extra))
+    ref, got = _curve(reference), _curve(records)
+    assert len(got) == len(ref) == 6
+    for (ref_loss, ref_norm), (loss, norm) in zip(ref, got):
+        assert abs(loss - ref_loss) <= TOL, (name, ref, got)
+        assert abs(norm - ref_norm) <= TOL * max(1.0, ref_norm), (name, ref, got)
+    ref_val = [r["val_loss"] for r in reference if "val_loss" in r]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == len(ref_val) == 2
+
+
+def test_full_shard_holds_half_the_state_of_no_shard(tmp_path):
+    common = ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.steps=1"]
+    full = read_metrics(run_tiny(tmp_path, "full", [*common, "fsdp=full_shard"]))
+    none = read_metrics(run_tiny(tmp_path, "none", [*common, "fsdp=no_shard"]))
+    state_full = next(r["state_mib"] for r in full if "state_mib" in r)
+    state_none = next(r["state_mib"] for r in none if "state_mib" in r)
+    assert state_full <= 0.55 * state_none
+
+
+def _run_dirs(root):
+    return [p for p in (root / "outputs").glob("*/*") if p.is_dir()]
+
+
+@pytest.mark.parametrize("launcher", ["nproc_per_node", "torchrun"])
+def test_one_run_directory_per_run(tmp_path, launcher):
+    if launcher == "torchrun":
+        proc = run_cli([*TINY, "trainer.micro_batch_size=2"], cwd=tmp_path, torchrun_nproc=2)
+    else:
+        proc = run_cli([*TINY, "trainer.micro_batch_size=2", "trainer.nproc_per_node=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    dirs = _run_dirs(tmp_path)
+    assert len(dirs) == 1, dirs
+    run_dir = dirs[0]
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == [".hydra", "config.yaml", "metrics.jsonl", "train.log"], names
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))  # written once, not once per rank
+    log = (run_dir / "train.log").read_text()
+    assert log.count("2 ranks, global batch 4") == 1
+    assert "micro_batch_size: 2" in (run_dir / "config.yaml").read_text()
+
+
+def test_failing_rank_fails_the_run_with_its_error(tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    proc = run_cli([*TINY, "trainer.nproc_per_node=2", "trainer.micro_batch_size=2",
+                    f"data.text_files=[{missing}]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "FileNotFoundError" in proc.stderr and str(missing) in proc.stderr
+    assert "data.text_files[0]" in proc.stderr
+
+
+@pytest.mark.slow
+def test_qwen05b_architecture_random_init_one_step(tmp_path):
+    run_dir = tmp_path / "qwen"
+    proc = run_cli(["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "trainer.steps=1",
+                    "trainer.seq_len=16", "trainer.micro_batch_size=1", "trainer.eval_batches=1",
+                    "trainer.progress_bar=false", "trainer.num_threads=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "494,032,768 parameters" in (run_dir / "train.log").read_text()
+    records = read_metrics(run_dir)
+    (step,) = [r for r in records if "loss" in r]
+    assert step["step"] == 1 and math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
+    assert abs(step["loss"] - math.log(151936)) < 1.0  # fresh weights: near-uniform predictions
