@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 # Dense peak FLOP/s per GPU (no sparsity) by compute dtype, from the vendors' data sheets. fp32 runs on tensor
 # cores as TF32 where the device has them. Keys are matched against torch.cuda.get_device_name().
 PEAK_FLOPS = {
+    "GH200": {"bf16": 989e12, "fp32": 494e12},
     "H200": {"bf16": 989e12, "fp32": 494e12},
     "H100 NVL": {"bf16": 835e12, "fp32": 418e12},
     "H100 PCIe": {"bf16": 756e12, "fp32": 378e12},
     "H100": {"bf16": 989e12, "fp32": 494e12},  # SXM
-    "GH200": {"bf16": 989e12, "fp32": 494e12},
     "B200": {"bf16": 2250e12, "fp32": 1100e12},
     "A100": {"bf16": 312e12, "fp32": 156e12},
     "A800": {"bf16": 312e12, "fp32": 156e12},
     "L40S": {"bf16": 362e12, "fp32": 183e12},
+    "L40": {"bf16": 181e12, "fp32": 90.5e12},
     "L4": {"bf16": 121e12, "fp32": 60e12},
     "A10G": {"bf16": 70e12, "fp32": 35e12},
     "A10": {"bf16": 125e12, "fp32": 62.5e12},

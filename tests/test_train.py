@@ -47,6 +47,7 @@ def _curve(records):
     ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
     ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                   "trainer.activation_checkpointing=true"]),
+    ("compile", ["trainer.compile=true"]),
     ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
                     "fsdp.shard_size=2"]),
 ])

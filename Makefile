@@ -1,0 +1,28 @@
+# Two commands on a fresh machine:  `make demo` (set up + run)  and  `make test` (set up + run the tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup test demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m cpt.run model=tiny fsdp=full_shard trainer.nproc_per_node=2 trainer.steps=200 \
+		trainer.seq_len=128 trainer.micro_batch_size=4 trainer.eval_interval=50 trainer.log_interval=20 \
+		optim.lr=3e-3 optim.warmup_steps=20
+
+bench: setup
+	$(PY) bench/loop_overhead.py
+
+clean:
+	rm -rf $(VENV) outputs
