@@ -116,3 +116,13 @@ def test_qwen05b_architecture_random_init_one_step(tmp_path):
     (step,) = [r for r in records if "loss" in r]
     assert step["step"] == 1 and math.isfinite(step["loss"]) and math.isfinite(step["grad_norm"])
     assert abs(step["loss"] - math.log(151936)) < 1.0  # fresh weights: near-uniform predictions
+
+
+def test_bf16_on_cpu_warns_and_keeps_fp32_master_weights(tmp_path, reference):
+    run_dir = run_tiny(tmp_path, "bf16", ["trainer.precision=bf16", "trainer.steps=2"])
+    assert "bf16 on CPU" in (run_dir / "train.log").read_text()
+    records = read_metrics(run_dir)
+    state = next(r["state_mib"] for r in records if "state_mib" in r)
+    assert state == next(r["state_mib"] for r in reference if "state_mib" in r)  # fp32 params + fp32 Adam state
+    losses, ref = train_losses(run_dir), [r["loss"] for r in reference if "loss" in r]
+    assert losses[0] != ref[0] and abs(losses[0] - ref[0]) < 0.05  # bf16 compute: close, not identical
