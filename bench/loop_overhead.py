@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # a ~3.4M-parameter Qwen2-architecture model over bytes: big enough that the step, not Python, dominates
 MODEL = ["model=tiny", "model.arch.hidden_size=256", "model.arch.intermediate_size=1024",
          "model.arch.num_hidden_layers=4", "model.arch.num_attention_heads=8"]
-BATCH = ["trainer.seq_len=128", "trainer.micro_batch_size=4", "trainer.num_threads=1", "optim.lr=1e-3"]
+DATA_ROOT = Path(tempfile.gettempdir()) / "cpt-bench-data"
+BATCH = [f"data.root={DATA_ROOT}", "trainer.seq_len=128", "trainer.micro_batch_size=4", "trainer.num_threads=1", "optim.lr=1e-3"]
 
 
 def cpt_side(steps: int, warmup: int, run_dir: Path) -> dict:
@@ -50,24 +51,25 @@ def bare_side(steps: int, warmup: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from cpt.config import to_run_config
-    from cpt.data.loader import WindowLoader
-    from cpt.data.text import load_text_tokens
-    from cpt.model import build_model, build_tokenizer
+    from cpt.data.loader import MixtureLoader
+    from cpt.data.manifest import load_manifest, open_streams
+    from cpt.model import build_model
+    from cpt.tokenizer import build_tokenizer
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_run_config(compose("config", [*MODEL, *BATCH]))
     torch.set_num_threads(1)
     torch.manual_seed(cfg.trainer.seed)
     model = build_model(cfg.model)
-    train_tokens, _ = load_text_tokens(cfg.data, build_tokenizer(cfg.model), cfg.trainer.seq_len + 1)
-    loader = WindowLoader(train_tokens, cfg.trainer.seq_len, cfg.trainer.micro_batch_size, 1, 0, 1,
-                          cfg.trainer.seed, torch.device("cpu"))
+    streams = open_streams(cfg.data, load_manifest(cfg.data, build_tokenizer(cfg.model)), "train")
+    loader = MixtureLoader(streams, {"sample": 1.0}, cfg.trainer.seq_len, cfg.trainer.micro_batch_size, 1, 0, 1,
+                           cfg.trainer.seed, torch.device("cpu"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(0.9, 0.95), weight_decay=0.1, foreach=True)
     start = None
     for step in range(steps):
         if step == warmup:
             start = time.perf_counter()
-        for x, y in loader.step_batches(step):
+        for x, y in loader.next_batches():
             loss = F.cross_entropy(model(input_ids=x, use_cache=False).logits.flatten(0, 1).float(), y.flatten())
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -121,6 +123,8 @@ def main() -> None:
         print(json.dumps(child(args.child, args.steps, args.warmup)))
         return
 
+    subprocess.run([sys.executable, "-m", "cpt.prepare", "data=sample", f"data.root={DATA_ROOT}"], cwd=ROOT,
+                   check=True, capture_output=True)
     results = {"cpt": [], "bare": []}
     for rep in range(args.reps):
         for side in ("cpt", "bare") if rep % 2 == 0 else ("bare", "cpt"):

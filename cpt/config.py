@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -105,12 +105,68 @@ class OptimConfig:
     decay_fraction: float = 0.2  # wsd: share of the steps spent in the final decay
 
 
+class UnicodeForm(str, Enum):
+    NFC = "NFC"
+    NFKC = "NFKC"
+    none = "none"
+
+
+@dataclass
+class ConvertConfig:
+    csv_text_columns: List[str] = field(default_factory=lambda: ["text"])  # joined by a blank line
+    json_text_field: str = "text"  # dotted path of the text inside each JSON / JSONL record
+    json_records: Optional[str] = None  # .json: dotted path to the list of records; null = the top level
+    pdf_x_tolerance: float = 1.0  # pdfplumber's default (3) glues words together in TeX-made PDFs
+    strip_front_matter: bool = True  # text files: a leading '---' YAML block becomes metadata, not text
+
+
+@dataclass
+class CleanConfig:
+    unicode_form: UnicodeForm = UnicodeForm.NFC
+    min_chars: int = 100  # shorter documents are dropped (and counted)
+    max_chars: Optional[int] = None  # longer documents are dropped (and counted); null = no limit
+
+
+class Shingle(str, Enum):
+    word = "word"  # word n-grams
+    char = "char"  # character n-grams
+    skeleton = "skeleton"  # word n-grams of consonant skeletons: robust to spelling variants (old vs modern)
+
+
+@dataclass
+class DedupConfig:
+    exact: bool = True  # drop documents whose normalized text hashes equal an earlier one's
+    near: bool = True  # drop documents whose MinHash Jaccard estimate with a kept one reaches `threshold`
+    threshold: float = 0.8
+    num_perm: int = 128
+    shingle: Shingle = Shingle.word
+    shingle_size: int = 5
+
+
+@dataclass
+class SourceConfig:
+    """One named corpus: files, directories (searched recursively) or globs, read by one converter each."""
+
+    name: str = MISSING
+    paths: List[str] = MISSING
+    format: Optional[str] = None  # text | csv | tsv | json | jsonl | pdf; null = from each file's extension
+    weight: float = 1.0  # share of training windows drawn from this source (normalized over sources)
+    dedup: Optional[DedupConfig] = None  # this source's dedup settings; null = data.dedup
+
+
 @dataclass
 class DataConfig:
     name: str = "sample"
-    # plain-text files tokenized on the fly; relative paths are taken from the launch directory
-    text_files: List[str] = field(default_factory=list)
-    val_fraction: float = 0.1  # tail share of the token stream held out for validation
+    root: str = "data"  # prepared data lives in <root>/<name>/ (relative to the launch directory)
+    sources: List[SourceConfig] = field(default_factory=list)
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    val_fraction: float = 0.1  # share of documents held out (by a hash of their text: stable, order-free)
+    num_proc: int = 2  # tokenizer processes
+    tokenize_batch: int = 256  # documents per tokenizer call
+    shard_tokens: int = 2**28  # tokens per shard file
+    strict: bool = False  # any unreadable file or record stops prepare instead of being reported and skipped
 
 
 @dataclass
@@ -149,10 +205,17 @@ def _run_stamp(pattern: str) -> str:
     return when.strftime(pattern)
 
 
+def _corpus(name: str) -> str:
+    from cpt.corpora import corpus_path
+
+    return str(corpus_path(name))
+
+
 def register() -> None:
     """Register the schema and cpt's resolvers; idempotent, called on import."""
     OmegaConf.register_new_resolver("cpt_now", _run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("cpt_asset", lambda name: str(ASSETS / name), replace=True)
+    OmegaConf.register_new_resolver("cpt_corpus", _corpus, replace=True)
     ConfigStore.instance().store(name="cpt_schema", node=RunConfig)
 
 
@@ -202,10 +265,7 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("optim.decay_fraction", f"must be in (0, 1], got {o.decay_fraction}")
     if not 0 <= o.warmup_steps < t.steps:
         raise ConfigError("optim.warmup_steps", f"must be in [0, trainer.steps={t.steps}), got {o.warmup_steps}")
-    if not 0 < d.val_fraction < 1:
-        raise ConfigError("data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
-    if not d.text_files:
-        raise ConfigError("data.text_files", "is empty: list at least one text file")
+    validate_data(d)
     if cfg.model.name_or_path is None and not cfg.model.random_init:
         raise ConfigError("model.random_init", "is false but model.name_or_path is null: give weights or set random_init=true")
     if cfg.model.tokenizer is None and cfg.model.name_or_path is None:
@@ -223,3 +283,32 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("fsdp.shard_size", f"only applies to fsdp.strategy=hybrid_shard, not {f.strategy.value}")
     if f.cpu_offload and f.strategy != Strategy.full_shard:
         raise ConfigError("fsdp.cpu_offload", f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")
+
+
+def validate_data(cfg: DataConfig) -> None:
+    if not cfg.sources:
+        raise ConfigError("data.sources", "is empty: name at least one source with its paths")
+    names = [s.name for s in cfg.sources]
+    for i, source in enumerate(cfg.sources):
+        if not source.name or "/" in source.name or names.count(source.name) > 1:
+            raise ConfigError(f"data.sources[{i}].name", f"must be unique, non-empty, without '/': {source.name!r}")
+        if source.weight < 0:
+            raise ConfigError(f"data.sources[{i}].weight", f"must be >= 0, got {source.weight}")
+    if not any(s.weight > 0 for s in cfg.sources):
+        raise ConfigError("data.sources", "every weight is 0: give at least one source a positive weight")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError("data.val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.clean.min_chars < 0 or (cfg.clean.max_chars is not None and cfg.clean.max_chars < cfg.clean.min_chars):
+        raise ConfigError("data.clean.max_chars", "must be null or >= data.clean.min_chars >= 0")
+    dedups = [("data.dedup", cfg.dedup)] + [(f"data.sources[{i}].dedup", s.dedup) for i, s in enumerate(cfg.sources)]
+    for key, dd in dedups:
+        if dd is None:
+            continue
+        if not 0 < dd.threshold <= 1:
+            raise ConfigError(f"{key}.threshold", f"must be in (0, 1], got {dd.threshold}")
+        if dd.num_perm < 2 or dd.shingle_size < 1:
+            raise ConfigError(f"{key}.num_perm", "num_perm must be >= 2 and shingle_size >= 1")
+    for key, value in (("data.num_proc", cfg.num_proc), ("data.tokenize_batch", cfg.tokenize_batch),
+                       ("data.shard_tokens", cfg.shard_tokens)):
+        if value < 1:
+            raise ConfigError(key, f"must be >= 1, got {value}")

@@ -1,4 +1,5 @@
-"""Per-rank logging: global rank 0 logs INFO to the console and to `<run dir>/train.log`; the other ranks log
+"""Per-rank logging: global rank 0 logs INFO to the console and to `<run dir>/train.log` (or
+`log_name`); the other ranks log
 warnings and errors only, to the console, prefixed with their rank, so a failing rank's message is visible."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 
 
-def setup_logging(run_dir: Path, rank: int) -> None:
+def setup_logging(run_dir: Path, rank: int, log_name: str = "train.log") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):  # Hydra's console handler, or ours from an earlier job in this process
         root.removeHandler(handler)
@@ -19,7 +20,7 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
+        handlers.append(logging.FileHandler(run_dir / log_name))
         fmt, level = FORMAT, logging.INFO
     else:
         fmt, level = f"[rank {rank}]" + FORMAT, logging.WARNING

@@ -1,76 +1,17 @@
-"""Where the model and tokenizer come from: a transformers causal LM built from `model.arch` (random init) or
-loaded from `model.name_or_path`, and a tokenizer (the built-in byte-level one, or a transformers tokenizer).
-Plain modules only: parallelism is added later by cpt.parallelize."""
+"""Where the model comes from: a transformers causal LM built from `model.arch` (random init) or loaded from
+`model.name_or_path`. Plain modules only: parallelism is added later by cpt.parallelize."""
 
 from __future__ import annotations
 
 import logging
-from typing import List, Protocol
-
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from cpt.config import ModelConfig
+from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-class Tokenizer(Protocol):
-    eos_token_id: int
-
-    def encode(self, text: str) -> List[int]: ...
-
-    def decode(self, ids: List[int]) -> str: ...
-
-    def __len__(self) -> int: ...
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as ids 0..255 and an end-of-text id 256: needs no files, fits any vocab >= 257."""
-
-    eos_token_id = 256
-
-    def encode(self, text: str) -> List[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: List[int]) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-
-    def __len__(self) -> int:
-        return 257
-
-
-class HFTokenizer:
-    """A transformers tokenizer that encodes without adding special tokens (documents are joined by EOS)."""
-
-    def __init__(self, source: str):
-        self.inner = AutoTokenizer.from_pretrained(source)
-        if self.inner.eos_token_id is None:
-            raise ValueError(f"tokenizer '{source}' has no EOS token; cpt needs one to separate documents")
-        self.eos_token_id = self.inner.eos_token_id
-
-    def encode(self, text: str) -> List[int]:
-        return self.inner.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: List[int]) -> str:
-        return self.inner.decode(ids)
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-
-def build_tokenizer(cfg: ModelConfig) -> Tokenizer:
-    source = cfg.tokenizer or cfg.name_or_path
-    if source == "byte":
-        return ByteTokenizer()
-    try:
-        return HFTokenizer(source)
-    except OSError as e:
-        raise RuntimeError(
-            f"could not load tokenizer '{source}' (model.tokenizer / model.name_or_path): {e}. "
-            "Offline? Point model.tokenizer at a local directory, or use model.tokenizer=byte."
-        ) from e
 
 
 def hf_config(cfg: ModelConfig):

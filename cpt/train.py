@@ -16,13 +16,14 @@ from torch import nn
 
 from cpt import distributed
 from cpt.config import RunConfig
-from cpt.data.loader import WindowLoader
-from cpt.data.text import load_text_tokens
+from cpt.data.loader import MixtureLoader, TokenStream, eval_batches, eval_windows_per_rank
+from cpt.data.manifest import load_manifest, open_streams
 from cpt.logs import setup_logging
 from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
-from cpt.model import build_model, build_tokenizer, check_vocab, count_params
+from cpt.model import build_model, check_vocab, count_params
 from cpt.optim import build_optimizer, build_scheduler
 from cpt.parallelize import compute_dtype, parallelize
+from cpt.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: WindowLoader, max_batches: int) -> float:
-    """Mean token loss over the validation windows of all ranks."""
+def evaluate(model: nn.Module, streams: dict[str, TokenStream], t, env: distributed.DistEnv) -> dict[str, float]:
+    """Mean token loss on each source's validation windows (all ranks) and over all of them ("all")."""
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=loader.device)
-    for inputs, targets in loader.eval_batches(max_batches):
-        totals[0] += lm_loss(model, inputs, targets, reduction="sum").double()
-        totals[1] += targets.numel()
+    totals = torch.zeros(len(streams), 2, dtype=torch.float64, device=env.device)
+    for i, stream in enumerate(streams.values()):
+        for inputs, targets in eval_batches(stream, t.seq_len, t.micro_batch_size, env.rank, env.world_size,
+                                            t.eval_batches, env.device):
+            totals[i, 0] += lm_loss(model, inputs, targets, reduction="sum").double()
+            totals[i, 1] += targets.numel()
     model.train()
     dist.all_reduce(totals)
-    return (totals[0] / totals[1]).item()
+    losses = {name: (totals[i, 0] / totals[i, 1]).item() for i, name in enumerate(streams) if totals[i, 1] > 0}
+    losses["all"] = (totals[:, 0].sum() / totals[:, 1].sum()).item()
+    return losses
 
 
 def global_mean(value: torch.Tensor) -> float:
@@ -88,23 +93,24 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     t = cfg.trainer
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     tokenizer = build_tokenizer(cfg.model)
+    manifest = load_manifest(cfg.data, tokenizer)
     model = build_model(cfg.model)
     check_vocab(model, tokenizer)
-    train_tokens, val_tokens = load_text_tokens(cfg.data, tokenizer, t.seq_len + 1)
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
 
     model = parallelize(model, cfg.fsdp, t, env)
     optimizer = build_optimizer(model, cfg.optim, env.device)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
-    loader_args = dict(seq_len=t.seq_len, micro_batch=t.micro_batch_size, grad_accum=t.grad_accum,
-                       rank=env.rank, world=env.world_size, seed=t.seed, device=env.device)
-    train_loader = WindowLoader(train_tokens, **loader_args)
-    val_loader = WindowLoader(val_tokens, **loader_args)
-    if val_loader.eval_windows_per_rank(t.eval_batches) == 0:
+    train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {s.name: s.weight for s in cfg.data.sources},
+                                 t.seq_len, t.micro_batch_size, t.grad_accum, env.rank, env.world_size, t.seed,
+                                 env.device)
+    val_streams = {name: stream for name, stream in open_streams(cfg.data, manifest, "val").items()
+                   if eval_windows_per_rank(stream, t.seq_len, env.world_size, 1) > 0}
+    if not val_streams:
         raise ValueError(
-            f"config key 'data.val_fraction': {len(val_tokens)} validation tokens give fewer than one window of "
-            f"trainer.seq_len={t.seq_len} per rank for {env.world_size} ranks: hold out more or shorten seq_len"
+            f"prepared data '{cfg.data.name}' has too little validation text for one window of trainer.seq_len="
+            f"{t.seq_len} per rank on {env.world_size} ranks: raise data.val_fraction or shorten trainer.seq_len"
         )
 
     tokens_per_step = train_loader.global_batch * t.seq_len
@@ -116,14 +122,17 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     sink = MetricsSink(run_dir, t.steps, 0, t.progress_bar, env.is_main)
 
     def validate(step: int) -> float:
-        val = evaluate(model, val_loader, t.eval_batches)
-        sink.write({"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
-        return val
+        losses = evaluate(model, val_streams, t, env)
+        record = {"step": step, "val_loss": losses["all"], "val_ppl": math.exp(min(losses["all"], 50.0))}
+        if len(val_streams) > 1:
+            record.update({f"val_loss/{name}": losses[name] for name in val_streams})
+        sink.write(record)
+        return losses["all"]
 
     val_loss = validate(0)
     throughput = Throughput(fpt, peak, env.world_size)
     for step in range(t.steps):
-        loss, grad_norm = train_step(model, optimizer, train_loader.step_batches(step), t.grad_accum,
+        loss, grad_norm = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
                                      cfg.optim.grad_clip)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()

@@ -19,7 +19,7 @@ CONF = ROOT / "conf"
 
 # small, fast, learnable: the tiny model on the sample text, per-step logs, no progress bar
 TINY = [
-    "model=tiny", "trainer.seq_len=32", "trainer.steps=6", "trainer.log_interval=1", "trainer.eval_interval=0",
+    "model=tiny", "data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", "trainer.seq_len=32", "trainer.steps=6", "trainer.log_interval=1", "trainer.eval_interval=0",
     "trainer.eval_batches=2", "trainer.progress_bar=false", "trainer.num_threads=1", "optim.lr=3e-3",
 ]
 
@@ -36,12 +36,13 @@ def rank_env() -> dict:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, torchrun_nproc: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, torchrun_nproc: int = 0, timeout: int = 600,
+            module: str = "cpt.run") -> subprocess.CompletedProcess:
     if torchrun_nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun_nproc}",
-               "-m", "cpt.run", *args]
+               "-m", module, *args]
     else:
-        cmd = [sys.executable, "-m", "cpt.run", *args]
+        cmd = [sys.executable, "-m", module, *args]
     return subprocess.run(cmd, cwd=cwd, env=rank_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,6 +61,12 @@ def run_tiny(tmp_path: Path, name: str, extra: list[str], **kw) -> Path:
     return run_dir
 
 
-@pytest.fixture
-def tiny_overrides():
-    return list(TINY)
+@pytest.fixture(scope="session", autouse=True)
+def sample_data(tmp_path_factory):
+    """The sample corpus prepared once per session; runs find it through CPT_TEST_DATA_ROOT."""
+    from cpt.config import to_run_config
+    from cpt.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    os.environ["CPT_TEST_DATA_ROOT"] = str(root)
+    return prepare(to_run_config(compose_cfg(["model=tiny", "data=sample", f"data.root={root}"])))

@@ -62,6 +62,8 @@ def test_composition_rejects_unknown_keys_and_wrong_types(override, key):
     (["optim.grad_clip=0"], 1, "optim.grad_clip"),
     (["optim.betas=[0.9]"], 1, "optim.betas"),
     (["data.val_fraction=0"], 1, "data.val_fraction"),
+    (["data.sources=[]"], 1, "data.sources"),
+    (["data.dedup.threshold=0"], 1, "data.dedup.threshold"),
     (["model.random_init=false"], 1, "model.random_init"),
 ])
 def test_impossible_combinations_name_the_key(overrides, world, key):

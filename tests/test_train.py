@@ -96,18 +96,19 @@ def test_one_run_directory_per_run(tmp_path, launcher):
 
 
 def test_failing_rank_fails_the_run_with_its_error(tmp_path):
-    missing = tmp_path / "nowhere.txt"
+    """Unprepared data: every rank raises; the run exits non-zero and shows the rank's error and the fix."""
     proc = run_cli([*TINY, "trainer.nproc_per_node=2", "trainer.micro_batch_size=2",
-                    f"data.text_files=[{missing}]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+                    f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode != 0
-    assert "FileNotFoundError" in proc.stderr and str(missing) in proc.stderr
-    assert "data.text_files[0]" in proc.stderr
+    assert "FileNotFoundError: no prepared data 'sample'" in proc.stderr
+    assert "python -m cpt.prepare data=sample" in proc.stderr
 
 
 @pytest.mark.slow
 def test_qwen05b_architecture_random_init_one_step(tmp_path):
     run_dir = tmp_path / "qwen"
     proc = run_cli(["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "trainer.steps=1",
+                    "data.root=${oc.env:CPT_TEST_DATA_ROOT}",
                     "trainer.seq_len=16", "trainer.micro_batch_size=1", "trainer.eval_batches=1",
                     "trainer.progress_bar=false", "trainer.num_threads=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-5000:]

@@ -1,51 +1,143 @@
-"""Batches of fixed-length windows (seq_len + 1 tokens -> inputs and shifted targets) from a token stream.
+"""Batches for training and validation from prepared token shards (see cpt.prepare).
 
-The batch of optimizer step s is a pure function of (seed, s): each step draws the window starts of the whole
-global batch from a generator seeded with (seed, s), and rank r's micro-step m takes its own slice. So:
-- a run with N ranks sees exactly the batch a 1-rank run with N times the accumulation sees;
-- ranks get disjoint slices of each global batch;
-- the loader's position is just the step number: resuming at step 100,000 costs nothing.
+Each (source, split) is one packed token stream (documents joined by EOS, no padding), memory-mapped from its
+shards. A stream is cut into windows of seq_len + 1 tokens (window k starts at token k * seq_len; inputs are
+its first seq_len tokens, targets the last seq_len). Training:
+- every optimizer step draws the source of each sample of the GLOBAL batch from a generator seeded with
+  (seed, step), weighted by the sources' weights (domain data mixed with replayed general data);
+- each source serves its windows in a seeded random order, a new permutation each epoch, without replacement;
+- rank r's micro-step m takes slice (m * world + r) of the global batch: ranks see disjoint windows, and N ranks
+  see exactly the batch that 1 rank with N times the accumulation sees;
+- the position is {"step", "consumed" per source}: saving and restoring it is O(1), nothing is replayed.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Mapping
 
+import numpy as np
 import torch
 
+Batch = tuple[torch.Tensor, torch.Tensor]
 
-class WindowLoader:
-    def __init__(self, tokens: torch.Tensor, seq_len: int, micro_batch: int, grad_accum: int,
-                 rank: int, world: int, seed: int, device: torch.device):
-        if len(tokens) < seq_len + 1:
-            raise ValueError(f"{len(tokens)} tokens cannot fill one window of {seq_len + 1}")
-        self.tokens, self.seq_len, self.device = tokens, seq_len, device
+
+class TokenStream:
+    """The shards of one (source, split), read as one sequence of token ids."""
+
+    def __init__(self, files: list[Path], dtype: str):
+        self.maps = [np.memmap(f, dtype=dtype, mode="r") for f in files if f.stat().st_size > 0]
+        self.ends = np.cumsum([len(m) for m in self.maps])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        shard = int(np.searchsorted(self.ends, start, side="right"))
+        while filled < length:
+            shard_start = int(self.ends[shard - 1]) if shard else 0
+            local = start + filled - shard_start
+            piece = self.maps[shard][local : local + length - filled]
+            out[filled : filled + len(piece)] = piece
+            filled += len(piece)
+            shard += 1
+        return out
+
+
+def num_windows(stream: TokenStream, seq_len: int) -> int:
+    return max(0, (len(stream) - 1) // seq_len)
+
+
+class MixtureLoader:
+    """Training batches drawn from weighted sources; deterministic for a seed, resumable in O(1)."""
+
+    def __init__(self, streams: Mapping[str, TokenStream], weights: Mapping[str, float], seq_len: int,
+                 micro_batch: int, grad_accum: int, rank: int, world: int, seed: int, device: torch.device):
+        self.names = list(streams)
+        self.streams, self.seq_len, self.device = streams, seq_len, device
         self.micro_batch, self.grad_accum, self.rank, self.world, self.seed = micro_batch, grad_accum, rank, world, seed
         self.global_batch = micro_batch * grad_accum * world
-        self._offsets = torch.arange(seq_len + 1)
+        self.windows = {n: num_windows(s, seq_len) for n, s in streams.items()}
+        for name, count in self.windows.items():
+            if count == 0:
+                raise ValueError(f"source '{name}' has {len(streams[name])} training tokens, fewer than one window of "
+                                 f"trainer.seq_len+1={seq_len + 1}: add data or shorten trainer.seq_len")
+        w = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float64)
+        self.weights = w / w.sum()
+        self.step = 0
+        self.consumed = {n: 0 for n in self.names}
+        self._perm_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
-    def _windows(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.tokens[starts[:, None] + self._offsets]
-        if self.device.type == "cuda":
-            rows = rows.pin_memory().to(self.device, non_blocking=True)
-        return rows[:, :-1], rows[:, 1:]
+    def state_dict(self) -> dict:
+        return {"step": self.step, "consumed": dict(self.consumed)}
 
-    def step_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's grad_accum micro-batches of optimizer step `step`."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        starts = torch.randint(0, len(self.tokens) - self.seq_len, (self.global_batch,), generator=g)
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.names) - set(state["consumed"])
+        if missing:
+            raise ValueError(f"loader state has no position for sources {sorted(missing)}")
+        self.step = int(state["step"])
+        self.consumed = {n: int(state["consumed"][n]) for n in self.names}
+
+    def _window_id(self, name: str, index: int) -> int:
+        """The index-th window served by a source: epoch-wise seeded permutations, no replacement within one."""
+        epoch, pos = divmod(index, self.windows[name])
+        cached = self._perm_cache.get(name)
+        if cached is None or cached[0] != epoch:
+            g = torch.Generator().manual_seed(_mix(self.seed, self.names.index(name), epoch))
+            cached = (epoch, torch.randperm(self.windows[name], generator=g))
+            self._perm_cache[name] = cached
+        return int(cached[1][pos])
+
+    def sources_of_step(self, step: int) -> list[int]:
+        """The source index of each sample of the global batch of `step`."""
+        if len(self.names) == 1:
+            return [0] * self.global_batch
+        g = torch.Generator().manual_seed(_mix(self.seed, step, 1 << 20))
+        return torch.multinomial(self.weights, self.global_batch, replacement=True, generator=g).tolist()
+
+    def next_batches(self) -> list[Batch]:
+        """This rank's grad_accum micro-batches of the next optimizer step; advances the position."""
+        starts = []  # (source, token start) of every sample of the global batch, in order
+        for s in self.sources_of_step(self.step):
+            name = self.names[s]
+            starts.append((name, self._window_id(name, self.consumed[name]) * self.seq_len))
+            self.consumed[name] += 1
+        self.step += 1
+        batches = []
         for m in range(self.grad_accum):
             first = (m * self.world + self.rank) * self.micro_batch
-            yield self._windows(starts[first : first + self.micro_batch])
+            rows = [self.streams[n].read(start, self.seq_len + 1) for n, start in starts[first : first + self.micro_batch]]
+            batches.append(to_batch(np.stack(rows), self.device))
+        return batches
 
-    def eval_windows_per_rank(self, max_batches: int) -> int:
-        return min(((len(self.tokens) - 1) // self.seq_len) // self.world, max_batches * self.micro_batch)
 
-    def eval_batches(self, max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Non-overlapping windows from the start of the stream, a contiguous equal share per rank (every
-        rank runs the same number of forwards, as FSDP needs), in micro-batches of at most micro_batch."""
-        per_rank = self.eval_windows_per_rank(max_batches)
-        first = self.rank * per_rank
-        for b in range(0, per_rank, self.micro_batch):
-            idx = torch.arange(first + b, first + min(per_rank, b + self.micro_batch))
-            yield self._windows(idx * self.seq_len)
+def to_batch(rows: np.ndarray, device: torch.device) -> Batch:
+    t = torch.from_numpy(rows)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    return t[:, :-1], t[:, 1:]
+
+
+def eval_windows_per_rank(stream: TokenStream, seq_len: int, world: int, max_windows: int) -> int:
+    return min(num_windows(stream, seq_len) // world, max_windows)
+
+
+def eval_batches(stream: TokenStream, seq_len: int, micro_batch: int, rank: int, world: int, max_batches: int,
+                 device: torch.device) -> Iterator[Batch]:
+    """Validation windows from the start of the stream, a contiguous equal share per rank (every rank runs the
+    same number of forwards, as FSDP needs), in micro-batches of at most micro_batch windows."""
+    per_rank = eval_windows_per_rank(stream, seq_len, world, max_batches * micro_batch)
+    first = rank * per_rank
+    for b in range(0, per_rank, micro_batch):
+        ids = range(first + b, first + min(per_rank, b + micro_batch))
+        yield to_batch(np.stack([stream.read(i * seq_len, seq_len + 1) for i in ids]), device)
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (stable across runs and platforms)."""
+    h = 1469598103934665603
+    for v in values:
+        h = ((h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF
+    return h

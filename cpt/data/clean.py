@@ -1,0 +1,32 @@
+"""Cleaning one document's text: Unicode normalization, control characters, whitespace; and the length filter."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Optional
+
+from cpt.config import CleanConfig, UnicodeForm
+
+# C0/C1 control characters except tab and newline; plus zero-width and BOM characters that survive normalization
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str, cfg: CleanConfig) -> str:
+    if cfg.unicode_form != UnicodeForm.none:
+        text = unicodedata.normalize(cfg.unicode_form.value, text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def length_problem(text: str, cfg: CleanConfig) -> Optional[str]:
+    """Why the document is filtered out by length ("too_short" / "too_long"), or None to keep it."""
+    if len(text) < cfg.min_chars:
+        return "too_short"
+    if cfg.max_chars is not None and len(text) > cfg.max_chars:
+        return "too_long"
+    return None

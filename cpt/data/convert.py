@@ -1,0 +1,370 @@
+"""Raw files -> documents: one reader per format, each streaming dicts {"text": str, **metadata}.
+
+Options come from `data.convert` (cpt.config.ConvertConfig). A problem with a whole file raises FileError (the
+caller reports the file and goes on); a problem with one line / record / row / page calls
+on_record_error(number, message) and the rest of the file goes on. Formats:
+  text   one document per file; optional YAML front matter (`---` ... `---`) -> metadata "front_matter"
+  csv    one document per row: the columns data.convert.csv_text_columns joined by a blank line; "row", "fields"
+  tsv    as csv, tab-separated
+  json   the whole file: a list of records, one record, or the list at data.convert.json_records; "record", "fields"
+  jsonl  one record per line, text at data.convert.json_text_field; "line", "fields"
+  pdf    one document per file, page by page, running headers/footers and dot-leader lines removed; "pages"
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from cpt.config import ConvertConfig
+
+FORMATS: dict[str, str] = {
+    ".txt": "text", ".md": "text", ".rst": "text", ".text": "text",
+    ".csv": "csv", ".tsv": "tsv",
+    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".pdf": "pdf",
+}
+_FORMAT_NAMES = sorted(set(FORMATS.values()))
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_ICONV = "convert it first, e.g. `iconv -f latin1 -t utf-8 in > out` (use its real encoding)"
+
+OnRecordError = Callable[[int, str], None]
+
+
+class FileError(Exception):
+    """A whole file cannot be converted. str(e) names the file, says why and what to do."""
+
+    def __init__(self, path: Path, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.reason = path, message
+
+
+class _RecordError(Exception):
+    """One record cannot be converted (internal: turned into an on_record_error call)."""
+
+
+# ---------------------------------------------------------------------------------------------- file lists
+
+def expand_paths(patterns: list[str], key: str) -> list[Path]:
+    """Files named by paths, directories (recursive, hidden files/dirs skipped) or glob patterns (with **),
+    sorted and de-duplicated. A pattern that matches no file raises FileNotFoundError naming `key`."""
+    found: set[str] = set()
+    for pattern in patterns:
+        expanded = os.path.expanduser(pattern)
+        if glob.has_magic(expanded):
+            matches = sorted(glob.glob(expanded, recursive=True))
+        else:
+            matches = [expanded] if os.path.exists(expanded) else []
+        files = [f for m in matches for f in (_walk(m) if os.path.isdir(m) else [m])]
+        if not files:
+            where = "" if os.path.isabs(expanded) else f" (relative to {os.getcwd()})"
+            raise FileNotFoundError(f"config key '{key}': '{pattern}' matches no file{where}")
+        found.update(os.path.abspath(f) for f in files)
+    return [Path(p) for p in sorted(found)]
+
+
+def _walk(directory: str) -> list[str]:
+    out = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+    return out
+
+
+def detect_format(path: Path, override: str | None) -> str:
+    """The source's `format` if given, else the format of the file's extension."""
+    if override is not None:
+        if override.lower() not in _FORMAT_NAMES:
+            raise ValueError(f"unknown format {override!r}: choose one of {', '.join(_FORMAT_NAMES)}")
+        return override.lower()
+    ext = path.suffix.lower()
+    if ext not in FORMATS:
+        what = f"unknown extension '{ext}'" if ext else "no file extension"
+        raise FileError(path, f"{what}: set the source's `format` ({', '.join(_FORMAT_NAMES)}) or rename the file "
+                              f"(known extensions: {' '.join(sorted(FORMATS))})")
+    return FORMATS[ext]
+
+
+def convert_file(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    """Stream the documents of one file as {"text": str, **metadata} (metadata JSON-serializable)."""
+    readers = {"text": _read_text, "csv": _read_csv, "tsv": _read_csv, "json": _read_json, "jsonl": _read_jsonl,
+               "pdf": _read_pdf}
+    if fmt not in readers:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(_FORMAT_NAMES)}")
+    try:
+        if path.stat().st_size == 0:
+            raise FileError(path, "empty file: remove it or fill it")
+        yield from readers[fmt](path, fmt, cfg, on_record_error)
+    except OSError as e:
+        raise FileError(path, f"cannot read: {e.strerror or e}") from e
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+def _decode(path: Path, data: bytes) -> str:
+    """UTF-8 (a leading BOM dropped) or FileError naming the first bad byte."""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = bom + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise FileError(path, f"invalid UTF-8 at byte offset {offset} (line {line}, byte 0x{data[offset]:02x}): "
+                              f"{_ICONV}") from None
+
+
+def _read_text(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        named = f"named {path.suffix}" if path.suffix else "without extension"
+        raise FileError(path, f"binary file {named}? (NUL bytes in the first 8 KiB): remove it from the source's "
+                              "paths, or set the source's `format` if it is a known format")
+    text = _decode(path, data).replace("\r\n", "\n")
+    meta: dict[str, Any] = {}
+    opening = re.match(r"---[ \t]*\n", text) if cfg.strip_front_matter else None
+    if opening:
+        try:
+            front, text = _front_matter(text[opening.end():])
+            meta["front_matter"] = front
+        except _RecordError as e:
+            on_record_error(1, f"{e}; the whole file is kept as text (set data.convert.strip_front_matter=false "
+                               "if '---' is not front matter)")
+    if not text.strip():
+        raise FileError(path, "no text besides the front matter: nothing to train on" if meta else
+                              "empty file (only whitespace): remove it or fill it")
+    yield {"text": text, **meta}
+
+
+def _front_matter(text: str) -> tuple[dict, str]:
+    """(metadata, the text after it) of what follows an opening '---' line, or _RecordError."""
+    end = re.search(r"^---[ \t]*$\n?", text, re.MULTILINE)
+    if end is None:
+        raise _RecordError("front matter: a first line '---' without a closing '---' line")
+    block, rest = text[: end.start()], text[end.end():].lstrip("\n")
+    try:
+        front = yaml.load(block, Loader=_YAML_LOADER)  # yaml.safe_load, in C where built
+    except yaml.YAMLError as e:  # its message has the line and column
+        raise _RecordError(f"malformed YAML front matter: {' '.join(str(e).split())}") from None
+    if front is None:
+        front = {}
+    if not isinstance(front, dict):
+        raise _RecordError(f"front matter is a YAML {type(front).__name__}, not a mapping")
+    return _jsonable(front), rest
+
+
+def _jsonable(value: Any) -> Any:
+    """Metadata as JSON: mappings, lists and scalars kept; anything else (dates, bytes...) as str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------- csv / tsv
+
+def _read_csv(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    columns = list(cfg.csv_text_columns)
+    if not columns:
+        raise FileError(path, "data.convert.csv_text_columns is empty: name the column(s) that hold the text")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long text cells; the default limit is 128 KiB
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
+        try:
+            header = reader.fieldnames
+            if header is None:
+                raise FileError(path, "empty file (no header row)")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise FileError(path, f"text column(s) {missing} not in the header; the columns are {list(header)}: "
+                                      "set data.convert.csv_text_columns")
+            row_no = 0
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    on_record_error(reader.line_num, f"malformed {fmt.upper()}: {e}")
+                    continue
+                row_no += 1
+                if None in row or None in row.values():
+                    got = len(header) + len(row.get(None, [])) - list(row.values()).count(None)
+                    on_record_error(reader.line_num, f"row {row_no} has {got} fields, the header {len(header)}")
+                    continue
+                text = "\n\n".join(row[c] for c in columns if row[c].strip())
+                fields = {k: v for k, v in row.items() if k not in columns}
+                yield {"text": text, "row": row_no, "fields": fields}
+        except UnicodeDecodeError as e:
+            raise FileError(path, f"invalid UTF-8 near line {reader.line_num + 1} (byte 0x{e.object[e.start]:02x}): "
+                                  f"{_ICONV}") from None
+
+
+# ---------------------------------------------------------------------------------------------- json / jsonl
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    """obj[a][b]... for the dotted path 'a.b...'; KeyError when a step is missing."""
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            raise KeyError(part)
+        obj = obj[part]
+    return obj
+
+
+def _record_doc(record: Any, cfg: ConvertConfig) -> tuple[str, dict]:
+    """(text, scalar fields) of one JSON record, or _RecordError."""
+    if isinstance(record, str):
+        return record, {}
+    if not isinstance(record, dict):
+        raise _RecordError(f"the record is a JSON {type(record).__name__}, not an object or a string")
+    key = cfg.json_text_field
+    try:
+        text = _lookup(record, key)
+    except KeyError:
+        raise _RecordError(f"no field '{key}' (data.convert.json_text_field); the record's keys: "
+                           f"{list(record)[:30]}") from None
+    if not isinstance(text, str):
+        raise _RecordError(f"field '{key}' (data.convert.json_text_field) is a JSON {type(text).__name__}, not a "
+                           f"string; the record's keys: {list(record)[:30]}")
+    fields = {k: v for k, v in record.items()
+              if k != key and (v is None or isinstance(v, (str, int, float, bool)))}
+    return text, fields
+
+
+def _read_json(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    try:
+        data = json.loads(_decode(path, path.read_bytes()))
+    except json.JSONDecodeError as e:
+        raise FileError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} (one record per line? "
+                              "name the file .jsonl or set the source's `format: jsonl`)") from None
+    if cfg.json_records:
+        try:
+            records = _lookup(data, cfg.json_records)
+        except KeyError:
+            top = list(data)[:30] if isinstance(data, dict) else f"none (the top level is a {type(data).__name__})"
+            raise FileError(path, f"no '{cfg.json_records}' (data.convert.json_records) in the file; its top-level "
+                                  f"keys: {top}") from None
+        if not isinstance(records, list):
+            raise FileError(path, f"'{cfg.json_records}' (data.convert.json_records) is a JSON "
+                                  f"{type(records).__name__}, not a list of records")
+    else:
+        records = data if isinstance(data, list) else [data]
+    for i, record in enumerate(records, 1):
+        try:
+            text, fields = _record_doc(record, cfg)
+        except _RecordError as e:
+            on_record_error(i, f"record {i}: {e}")
+            continue
+        yield {"text": text, "record": i, "fields": fields}
+
+
+def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                text, fields = _record_doc(record, cfg)
+            except UnicodeDecodeError as e:
+                on_record_error(line_no, f"invalid UTF-8 at byte {e.start} of the line: {_ICONV}")
+            except json.JSONDecodeError as e:
+                on_record_error(line_no, f"invalid JSON: {e.msg} at column {e.colno}")
+            except _RecordError as e:
+                on_record_error(line_no, str(e))
+            else:
+                yield {"text": text, "line": line_no, "fields": fields}
+
+
+# ---------------------------------------------------------------------------------------------- pdf
+
+# table-of-contents / index lines: "2.1 Installing R . . . . 12", "Introduction....5", "abline . . . 67, 70"
+_DOT_LEADER = re.compile(r"(?:\.\s*){4,}(?:\d+|[ivxlcdm]+)(?:\s*,\s*\d+)*\s*$", re.IGNORECASE)
+_LEADING_NUMBER = re.compile(r"^(\d+)\b")
+_TRAILING_NUMBER = re.compile(r"\b(\d+)$")
+
+
+def _read_pdf(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    import pdfplumber
+    from pdfminer.pdfdocument import PDFEncryptionError, PDFPasswordIncorrect
+
+    try:
+        pdf = pdfplumber.open(path)
+        page_list = pdf.pages
+    except Exception as e:
+        cause = e.args[0] if e.args and isinstance(e.args[0], Exception) else e
+        if isinstance(cause, (PDFPasswordIncorrect, PDFEncryptionError)):
+            raise FileError(path, "the PDF is encrypted (it needs a password): decrypt it first, e.g. "
+                                  "`qpdf --password=PASSWORD --decrypt in.pdf out.pdf`") from None
+        raise FileError(path, f"not a readable PDF ({type(cause).__name__}: {cause}): check that the file is "
+                              "complete, or repair it, e.g. `qpdf in.pdf repaired.pdf`") from None
+    with pdf:
+        pages: list[list[str]] = []  # text lines only: pdfplumber's objects are released page by page
+        for n, page in enumerate(page_list, 1):
+            try:
+                text = page.extract_text(x_tolerance=cfg.pdf_x_tolerance) or ""
+            except Exception as e:
+                on_record_error(n, f"page {n}: text extraction failed ({type(e).__name__}: {e}); page skipped")
+                text = ""
+            finally:
+                page.close()  # flushes the page's cached characters: memory stays flat on big PDFs
+            pages.append([line.strip() for line in text.splitlines() if line.strip()])
+    if not any(pages):
+        raise FileError(path, f"no text layer in {len(pages)} page(s) (scanned images?): OCR it first, e.g. "
+                              "`ocrmypdf in.pdf out.pdf`")
+    pages = _drop_running_lines(pages)
+    text = "\n\n".join("\n".join(line for line in lines if not _DOT_LEADER.search(line)) for lines in pages)
+    yield {"text": re.sub(r"\n{3,}", "\n\n", text).strip(), "pages": len(page_list)}
+
+
+def _edges(lines: list[str]) -> list[int]:
+    """Indices of a page's first 2 and last 2 lines: where running headers and footers sit."""
+    return sorted({*range(min(2, len(lines))), *range(max(0, len(lines) - 2), len(lines))})
+
+
+def _shape(line: str) -> str:
+    return re.sub(r"\d+", "#", " ".join(line.split()))
+
+
+def _edge_numbers(lines: list[str], i: int) -> set[int]:
+    """Numbers where a printed page number sits: the last token of an edge line, or the first token of the
+    page's first line ("14 Chapter 2: ..."); elsewhere a leading number is a chapter's or a footnote's."""
+    found = [_TRAILING_NUMBER.search(lines[i])] + ([_LEADING_NUMBER.search(lines[i])] if i == 0 else [])
+    return {int(m.group(1)) for m in found if m}
+
+
+def _drop_running_lines(pages: list[list[str]]) -> list[list[str]]:
+    """Remove running headers/footers from the first 2 / last 2 lines of each page (PDFs of >= 4 pages):
+    - a line whose shape (digit runs -> '#') sits there on at least half of the pages ("Page # of #", a title);
+    - a line carrying the printed page number, found as the number that equals the page's position minus one
+      constant offset on at least half of the pages (TeX's per-chapter "Chapter 2: Installing R 14").
+    """
+    if len(pages) < 4:
+        return pages
+    shapes: Counter = Counter()
+    offsets: Counter = Counter()
+    for p, lines in enumerate(pages):
+        shapes.update({_shape(lines[i]) for i in _edges(lines)})
+        offsets.update({p - n for i in _edges(lines) for n in _edge_numbers(lines, i)})
+    half = len(pages) / 2
+    running = {s for s, count in shapes.items() if count >= half}
+    offset, hits = offsets.most_common(1)[0] if offsets else (0, 0)
+    out = []
+    for p, lines in enumerate(pages):
+        drop = {i for i in _edges(lines)
+                if _shape(lines[i]) in running or (hits >= half and p - offset in _edge_numbers(lines, i))}
+        out.append([line for i, line in enumerate(lines) if i not in drop])
+    return out

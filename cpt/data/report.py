@@ -1,0 +1,78 @@
+"""What prepare did with every file and document: status per file, per-record problems, documents kept per
+split and dropped per reason, per source. Problems are logged as they happen and saved as report.json; with
+data.strict=true the first problem stops prepare instead."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_ERRORS_LOGGED = 20  # per file; all of them go to report.json
+
+
+class PrepareError(RuntimeError):
+    """A problem with the input that stops prepare (data.strict=true, or nothing usable at all)."""
+
+
+class PrepareReport:
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.files: list[dict] = []
+        self.kept: dict[str, Counter] = defaultdict(Counter)  # source -> split -> documents
+        self.dropped: dict[str, Counter] = defaultdict(Counter)  # source -> reason -> documents
+
+    def file(self, source: str, path: Path, fmt: str | None) -> dict:
+        entry = {"path": str(path), "source": source, "format": fmt, "status": "ok", "docs": 0, "kept": 0,
+                 "dropped": Counter(), "record_errors": []}
+        self.files.append(entry)
+        return entry
+
+    def record_error(self, entry: dict, line: int, message: str) -> None:
+        entry["record_errors"].append({"line": line, "error": message})
+        entry["status"] = "partial"
+        if self.strict:
+            raise PrepareError(f"{entry['path']}:{line}: {message} (data.strict=true)")
+        if len(entry["record_errors"]) <= MAX_RECORD_ERRORS_LOGGED:
+            log.warning("%s:%d: %s — record skipped", entry["path"], line, message)
+
+    def file_failed(self, entry: dict, message: str) -> None:
+        entry["status"], entry["error"] = "error", message
+        if self.strict:
+            raise PrepareError(f"{message} (data.strict=true)")
+        log.error("%s — file skipped", message)
+
+    def keep(self, entry: dict, split: str) -> None:
+        entry["docs"] += 1
+        entry["kept"] += 1
+        self.kept[entry["source"]][split] += 1
+
+    def drop(self, entry: dict, reason: str) -> None:
+        entry["docs"] += 1
+        entry["dropped"][reason] += 1
+        self.dropped[entry["source"]][reason] += 1
+
+    def summary(self) -> dict:
+        status = Counter(f["status"] for f in self.files)
+        return {
+            "files": dict(status),
+            "record_errors": sum(len(f["record_errors"]) for f in self.files),
+            "kept": {s: dict(c) for s, c in self.kept.items()},
+            "dropped": {s: dict(c) for s, c in self.dropped.items()},
+        }
+
+    def save(self, path: Path) -> None:
+        files = [{**f, "dropped": dict(f["dropped"])} for f in self.files]
+        path.write_text(json.dumps({"summary": self.summary(), "files": files}, indent=1))
+
+    def log_summary(self) -> None:
+        s = self.summary()
+        log.info("files: %s; record errors: %d", ", ".join(f"{v} {k}" for k, v in s["files"].items()) or "none",
+                 s["record_errors"])
+        for source in sorted(set(s["kept"]) | set(s["dropped"])):
+            kept, dropped = s["kept"].get(source, {}), s["dropped"].get(source, {})
+            log.info("source %s: kept %d train / %d val documents; dropped %s", source, kept.get("train", 0),
+                     kept.get("val", 0), ", ".join(f"{n} {r}" for r, n in sorted(dropped.items())) or "none")

@@ -1,0 +1,147 @@
+"""`python -m cpt.prepare data=<name> [model=<model>]`: raw documents -> deduplicated, split, packed token shards.
+
+Reads the same composed config as training (the `data` group names the sources, the `model` group the
+tokenizer) and writes `<data.root>/<data.name>/` (see cpt.data.manifest), atomically: a crash leaves the
+previous version intact. Stages, streaming file by file:
+  convert (one reader per format) -> clean -> length filter -> exact + near dedup (whole corpus)
+  -> train/val split by text hash -> docs/<source>.<split>.jsonl -> tokenize (multi-process) -> shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from cpt.config import DataConfig, RunConfig, to_run_config, validate_data
+from cpt.data.clean import clean_text, length_problem
+from cpt.data.convert import FileError, convert_file, detect_format, expand_paths
+from cpt.data.dedup import Deduplicator
+from cpt.data.manifest import MANIFEST, SPLITS, data_dir
+from cpt.data.pack import pack_documents, token_dtype
+from cpt.data.report import PrepareError, PrepareReport
+from cpt.data.split import split_of
+from cpt.logs import setup_logging
+from cpt.tokenizer import build_tokenizer, identity
+
+log = logging.getLogger("cpt.prepare")
+
+
+def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
+    """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
+    Source weights are a training-time choice and are left out."""
+    options = {k: v for k, v in vars(cfg).items() if k not in ("sources", "root", "name", "num_proc", "strict")}
+    listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
+    formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
+    blob = json.dumps([repr(options), tok_identity, listing, formats], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Path, report: PrepareReport) -> None:
+    """Stage 1, streaming: every document converted, cleaned, filtered, deduplicated, assigned a split and
+    appended to docs/<source>.<split>.jsonl."""
+    from tqdm import tqdm
+
+    docs_dir.mkdir(parents=True)
+    dedup = Deduplicator()
+    total = sum(len(paths) for paths in files.values())
+    bar = tqdm(total=total, desc="convert", unit="file", mininterval=1.0)
+    for source in cfg.sources:
+        dedup_cfg = source.dedup or cfg.dedup
+        outs = {split: open(docs_dir / f"{source.name}.{split}.jsonl", "w", encoding="utf-8") for split in SPLITS}
+        for path in files[source.name]:
+            entry = report.file(source.name, path, source.format)
+            try:
+                entry["format"] = fmt = detect_format(path, source.format)
+                on_error = lambda line, msg, entry=entry: report.record_error(entry, line, msg)
+                for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
+                    text = clean_text(record.pop("text"), cfg.clean)
+                    doc_id = f"{source.name}:{path.name}#{n}"
+                    reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
+                    if reason:
+                        report.drop(entry, reason)
+                        continue
+                    split = split_of(text, cfg.val_fraction)
+                    doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record}
+                    outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
+                    report.keep(entry, split)
+            except FileError as e:
+                report.file_failed(entry, str(e))
+            bar.update(1)
+            bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
+        for out in outs.values():
+            out.close()
+    bar.close()
+
+
+def prepare(cfg: RunConfig) -> Path:
+    d = cfg.data
+    validate_data(d)
+    tokenizer = build_tokenizer(cfg.model)
+    tok_identity = identity(tokenizer)
+    files = {s.name: expand_paths(s.paths, f"data.sources[{i}].paths") for i, s in enumerate(d.sources)}
+    fp = fingerprint(d, tok_identity, files)
+    out = data_dir(d)
+    if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()).get("fingerprint") == fp:
+        log.info("prepared data %s is up to date (fingerprint %s): nothing to do", out, fp)
+        return out
+
+    start = time.perf_counter()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    report = PrepareReport(d.strict)
+    convert_sources(d, files, tmp / "docs", report)
+    report.log_summary()
+    if not report.kept:
+        raise PrepareError(f"no document survived conversion and filtering; see {tmp / 'report.json'}")
+
+    dtype = token_dtype(len(tokenizer))
+    sources = {}
+    for source in d.sources:
+        sources[source.name] = {}
+        for split in SPLITS:
+            entry = pack_documents(tmp / "docs" / f"{source.name}.{split}.jsonl", tmp / source.name / split,
+                                   tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch, tmp / ".cache")
+            sources[source.name][split] = entry
+            log.info("source %s %s: %d documents, %d tokens, %d shards", source.name, split, entry["docs"],
+                     entry["tokens"], len(entry["shards"]))
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
+    manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
+                "seconds": round(time.perf_counter() - start, 2), "sources": sources}
+    report.save(tmp / "report.json")
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    swap_in(tmp, out)
+    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s); report: %s", out, tokens, manifest["seconds"],
+             tokens / max(manifest["seconds"], 1e-9), out / "report.json")
+    return out
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by the finished `tmp` with renames, so readers never see a half-written directory."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    setup_logging(Path(HydraConfig.get().runtime.output_dir), rank=0, log_name="prepare.log")
+    prepare(to_run_config(cfg))
+
+
+if __name__ == "__main__":
+    main()

