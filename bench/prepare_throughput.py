@@ -6,8 +6,8 @@ text, and prepare's peak RSS on a corpus and on the same corpus x10 (memory must
 Corpus: the 2,310 license texts of licensedcode-data (python -m cpt.corpora). Tokenizer: a byte-level BPE
 (8,192 ids) trained here on that corpus with the `tokenizers` library, saved as a transformers tokenizer
 directory, so the numbers reflect a real BPE rather than the byte tokenizer. The x10 corpus holds 10 copies of
-every file, each copy with its own first line, so exact dedup cannot drop them up front: they go through
-conversion, cleaning and MinHash near-dedup, which removes them.
+every file, each copy with its own last line, so exact dedup cannot drop them: they go through conversion,
+cleaning and MinHash near-dedup, which removes them.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
         for f in sorted(corpus.glob("*.LICENSE")):
             text = f.read_text(encoding="utf-8", errors="replace")
             for c in range(args.copies):
-                (big / f"{c}-{f.name}").write_text(text.replace("---\n", f"---\ncopy: {c}\n", 1) if c else text)
+                (big / f"{c}-{f.name}").write_text(f"{text}\n(copy {c})" if c else text)
         one = run_prepare(str(corpus), tokenizer, tmp / "one", args.num_proc)
         raw = raw_tokenizer_rate(tokenizer, tmp / "one" / "bench" / "docs")
         shutil.rmtree(tmp / "one")

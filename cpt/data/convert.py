@@ -27,12 +27,8 @@ import yaml
 
 from cpt.config import ConvertConfig
 
-FORMATS: dict[str, str] = {
-    ".txt": "text", ".md": "text", ".rst": "text", ".text": "text",
-    ".csv": "csv", ".tsv": "tsv",
-    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".pdf": "pdf",
-}
+FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
+                           ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf"}
 _FORMAT_NAMES = sorted(set(FORMATS.values()))
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ICONV = "convert it first, e.g. `iconv -f latin1 -t utf-8 in > out` (use its real encoding)"
@@ -123,11 +119,13 @@ def _decode(path: Path, data: bytes) -> str:
 
 
 def _read_text(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        named = f"named {path.suffix}" if path.suffix else "without extension"
-        raise FileError(path, f"binary file {named}? (NUL bytes in the first 8 KiB): remove it from the source's "
-                              "paths, or set the source's `format` if it is a known format")
+    with open(path, "rb") as f:
+        data = f.read(8192)
+        if b"\x00" in data:  # checked before reading the rest: a big binary file is not loaded
+            named = f"named {path.suffix}" if path.suffix else "without extension"
+            raise FileError(path, f"binary file {named}? (NUL bytes in the first 8 KiB): remove it from the "
+                                  "source's paths, or set the source's `format` if it is a known format")
+        data += f.read()
     text = _decode(path, data).replace("\r\n", "\n")
     meta: dict[str, Any] = {}
     opening = re.match(r"---[ \t]*\n", text) if cfg.strip_front_matter else None
@@ -195,7 +193,7 @@ def _read_csv(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecor
                     row = next(reader)
                 except StopIteration:
                     return
-                except csv.Error as e:
+                except csv.Error as e:  # the reader goes on with the next line
                     on_record_error(reader.line_num, f"malformed {fmt.upper()}: {e}")
                     continue
                 row_no += 1
