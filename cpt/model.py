@@ -1,9 +1,14 @@
 """Where the model comes from: a transformers causal LM built from `model.arch` (random init) or loaded from
-`model.name_or_path`. Plain modules only: parallelism is added later by cpt.parallelize."""
+`model.name_or_path` (hub id or local directory). Plain modules only: parallelism is added by cpt.parallelize.
+
+Multi-rank runs build the real model on rank 0 only; the other ranks build the same structure on the meta device
+(no memory) and receive the weights from rank 0 after sharding (cpt.parallelize.load_full_state)."""
 
 from __future__ import annotations
 
 import logging
+import math
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -13,28 +18,62 @@ from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
+# a trained LM scores far below ln(vocab) on text of its language; random weights score at (or above) it
+LOADED_LOSS_FRACTION = 0.75
+
 
 def hf_config(cfg: ModelConfig):
+    if not cfg.random_init:
+        return AutoConfig.from_pretrained(cfg.name_or_path)
     arch = cfg.arch
     values = {k: v for k, v in vars(arch).items() if k not in ("model_type", "extra")}
     return AutoConfig.for_model(arch.model_type, **values, **arch.extra)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """A plain fp32 causal LM on the CPU; the caller seeds torch so that every rank builds the same weights."""
-    if cfg.random_init:
-        model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
-        log.info("model %s: random init from model.arch", cfg.name)
-    else:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32)
-        except OSError as e:
-            raise RuntimeError(
-                f"could not load model '{cfg.name_or_path}' (model.name_or_path): {e}. Offline? Point "
-                "model.name_or_path at a local directory holding config.json and *.safetensors."
-            ) from e
-        log.info("model %s: pretrained weights from %s", cfg.name, cfg.name_or_path)
+def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
+    """A plain fp32 causal LM on the CPU, or its empty structure on the meta device. The caller seeds torch so
+    that random init is reproducible."""
+    try:
+        if on_meta:
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+        if cfg.random_init:
+            model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+            log.info("model %s: random init from model.arch", cfg.name)
+            return model
+        model, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32,
+                                                           output_loading_info=True)
+    except OSError as e:
+        raise RuntimeError(
+            f"could not load model '{cfg.name_or_path}' (model.name_or_path): {str(e).strip().splitlines()[0]} Offline? Download it where the "
+            "hub is reachable (`hf download <id> --local-dir <dir>`) and set model.name_or_path=<dir>; "
+            "HF_HUB_OFFLINE=1 skips the hub's retries."
+        ) from e
+    missing = [k for k in info["missing_keys"] if k not in _tied_keys(model)]
+    if missing:
+        raise RuntimeError(f"model.name_or_path={cfg.name_or_path}: {len(missing)} weights missing from the "
+                           f"checkpoint and left random (e.g. {missing[:3]}): it does not match its config.json")
+    log.info("model %s: pretrained weights from %s", cfg.name, cfg.name_or_path)
     return model
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    return {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+
+
+def check_weights_loaded(val_loss: float, vocab_size: int, cfg: ModelConfig) -> None:
+    """Step-0 sanity check: pretrained weights must predict held-out text far better than uniform guessing."""
+    if cfg.random_init or not cfg.check_weights_loaded:
+        return
+    uniform = math.log(vocab_size)
+    if val_loss > LOADED_LOSS_FRACTION * uniform:
+        raise RuntimeError(
+            f"step-0 validation loss {val_loss:.3f} is close to ln(vocab_size={vocab_size}) = {uniform:.3f}: the "
+            f"weights of '{cfg.name_or_path}' behave like a random model, so they were not loaded (or belong to "
+            "another tokenizer). Check model.name_or_path and model.tokenizer; model.check_weights_loaded=false "
+            "skips this check."
+        )
+    log.info("step-0 validation loss %.3f vs ln(vocab) %.3f: pretrained weights are in place", val_loss, uniform)
 
 
 def count_params(model: nn.Module) -> int:

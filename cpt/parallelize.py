@@ -63,7 +63,10 @@ def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env:
     mesh = build_mesh(fsdp, env)
     reshard = fsdp.strategy != Strategy.shard_grad_op
 
-    if fsdp.cpu_offload:  # parameters stay in host memory; buffers (rotary frequencies) go where compute runs
+    on_meta = next(model.parameters()).is_meta  # weights arrive later: load_full_state()
+    if on_meta:
+        pass
+    elif fsdp.cpu_offload:  # parameters stay in host memory; buffers (rotary frequencies) go where compute runs
         for module in model.modules():
             for name, buf in module.named_buffers(recurse=False):
                 module._buffers[name] = buf.to(env.device)
@@ -80,9 +83,23 @@ def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env:
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
     # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
     fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
+    if on_meta:
+        model.to_empty(device="cpu" if fsdp.cpu_offload else env.device)
     log.info(
         "FSDP2 %s on mesh %s, compute %s, activation checkpointing %s, compile %s, cpu offload %s",
         fsdp.strategy.value, tuple(mesh.shape), str(dtype).removeprefix("torch."),
         trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload,
     )
     return model
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor] | None, env: DistEnv) -> None:
+    """Fill a sharded model from rank 0's full state dict: rank 0 sends, every rank keeps its own shard. Buffers
+    that are not in a state dict (rotary frequencies) are sent as well, so meta-built ranks get rank 0's values."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, state if env.is_main else {}, options=options)
+    for _, buf in sorted(model.named_buffers()):
+        dist.broadcast(buf, src=0)

@@ -40,7 +40,8 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     options = {k: v for k, v in vars(cfg).items() if k not in ("sources", "root", "name", "num_proc", "strict")}
     listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
-    blob = json.dumps([repr(options), tok_identity, listing, formats], sort_keys=True, default=str)
+    ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
+    blob = json.dumps([repr(options), ids, listing, formats], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

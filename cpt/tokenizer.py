@@ -1,10 +1,13 @@
 """Tokenizers: the built-in byte-level one (needs no files) or a transformers tokenizer; both encode without
-special tokens (cpt puts one EOS after every document itself) and carry an identity that prepared data records."""
+special tokens (cpt puts one EOS after every document itself), carry an identity that prepared data records, and
+save as a transformers tokenizer directory next to an exported model."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import List, Protocol
+import logging
+from pathlib import Path
+from typing import List, Optional, Protocol
 
 from cpt.config import ModelConfig
 
@@ -22,6 +25,11 @@ class Tokenizer(Protocol):
     def decode(self, ids: List[int]) -> str: ...
 
     def __len__(self) -> int: ...
+
+    def save_pretrained(self, out: Path) -> None: ...
+
+
+log = logging.getLogger(__name__)
 
 
 class ByteTokenizer:
@@ -42,18 +50,39 @@ class ByteTokenizer:
     def __len__(self) -> int:
         return 257
 
+    def save_pretrained(self, out: Path) -> None:
+        """The same ids as a transformers tokenizer: byte-level BPE with no merges, bytes in byte order."""
+        from tokenizers import Tokenizer as Backend
+        from tokenizers import decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+        vocab = {char: byte for byte, char in bytes_to_unicode().items()}
+        backend = Backend(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.decoder = decoders.ByteLevel()
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+        assert tok.eos_token_id == self.eos_token_id
+        tok.save_pretrained(out)
+
 
 class HFTokenizer:
-    """A transformers tokenizer (hub id or local directory)."""
+    """A transformers tokenizer (hub id or local directory); `eos_token` overrides the one put between documents."""
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, eos_token: Optional[str] = None):
         from transformers import AutoTokenizer
 
         self.name = source
         self.inner = AutoTokenizer.from_pretrained(source)
-        if self.inner.eos_token_id is None:
-            raise ValueError(f"tokenizer '{source}' has no EOS token; cpt needs one to separate documents")
-        self.eos_token_id = self.inner.eos_token_id
+        if eos_token is not None:
+            eos_id = self.inner.convert_tokens_to_ids(eos_token)
+            if eos_id is None or eos_id == self.inner.unk_token_id and eos_token != self.inner.unk_token:
+                raise ValueError(f"config key 'model.eos_token': '{eos_token}' is not a token of '{source}'")
+            self.eos_token_id = eos_id
+        elif self.inner.eos_token_id is None:
+            raise ValueError(f"tokenizer '{source}' has no EOS token: name one in model.eos_token")
+        else:
+            self.eos_token_id = self.inner.eos_token_id
 
     def encode(self, text: str) -> List[int]:
         return self.inner.encode(text, add_special_tokens=False)
@@ -67,21 +96,43 @@ class HFTokenizer:
     def __len__(self) -> int:
         return len(self.inner)
 
+    def save_pretrained(self, out: Path) -> None:
+        self.inner.save_pretrained(out)
+
 
 def build_tokenizer(cfg: ModelConfig) -> Tokenizer:
     source = cfg.tokenizer or cfg.name_or_path
     if source == "byte":
+        if cfg.eos_token is not None:
+            raise ValueError("config key 'model.eos_token': the byte tokenizer has one EOS; set it to null")
         return ByteTokenizer()
     try:
-        return HFTokenizer(source)
+        return HFTokenizer(source, cfg.eos_token)
     except OSError as e:
+        if cfg.tokenizer_fallback:
+            from cpt.sources import source_path
+
+            fallback = source_path(cfg.tokenizer_fallback)
+            log.warning("tokenizer '%s' unreachable (%s); using the offline %s at %s", source,
+                        _first_line(e), cfg.tokenizer_fallback, fallback)
+            return HFTokenizer(str(fallback), cfg.eos_token)
         raise RuntimeError(
-            f"could not load tokenizer '{source}' (model.tokenizer / model.name_or_path): {e}. "
-            "Offline? Point model.tokenizer at a local directory, or use model.tokenizer=byte."
+            f"could not load tokenizer '{source}' (model.tokenizer / model.name_or_path): {_first_line(e)}. "
+            "Offline? Point model.tokenizer at a local directory, or use model.tokenizer=byte "
+            "(HF_HUB_OFFLINE=1 skips the hub's retries)."
         ) from e
 
 
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+
+
 def identity(tok: Tokenizer) -> dict:
-    """What prepared data must match: same name, vocabulary size, EOS and the same ids for a probe text."""
+    """What prepared data records: name, vocabulary size, EOS and a hash of the ids of a probe text."""
     probe = hashlib.sha256(str(tok.encode(PROBE)).encode()).hexdigest()[:16]
     return {"name": tok.name, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "probe": probe}
+
+
+def same_ids(a: dict, b: dict, keys: tuple = ("vocab_size", "eos_token_id", "probe")) -> bool:
+    """Two identities give the same token ids (the name may differ: a hub id and its local copy)."""
+    return all(a.get(k) == b.get(k) for k in keys)

@@ -20,9 +20,10 @@ from cpt.data.loader import MixtureLoader, TokenStream, eval_batches, eval_windo
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.logs import setup_logging
 from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
-from cpt.model import build_model, check_vocab, count_params
+from cpt.export import export_model
+from cpt.model import build_model, check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
-from cpt.parallelize import compute_dtype, parallelize
+from cpt.parallelize import compute_dtype, load_full_state, parallelize
 from cpt.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,21 @@ def train(cfg: RunConfig, run_dir: Path) -> float:
 
 def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     t = cfg.trainer
-    torch.manual_seed(t.seed)  # the same initial weights on every rank
+    torch.manual_seed(t.seed)
     tokenizer = build_tokenizer(cfg.model)
     manifest = load_manifest(cfg.data, tokenizer)
-    model = build_model(cfg.model)
+    # rank 0 holds the real weights; the others build on the meta device and receive their shards from it
+    model = build_model(cfg.model, on_meta=not env.is_main)
+    full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
     check_vocab(model, tokenizer)
+    vocab_size = model.get_input_embeddings().num_embeddings
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
 
     model = parallelize(model, cfg.fsdp, t, env)
+    if env.world_size > 1:
+        load_full_state(model, full_state, env)
+        del full_state
     optimizer = build_optimizer(model, cfg.optim, env.device)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {s.name: s.weight for s in cfg.data.sources},
@@ -107,6 +114,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
                                  env.device)
     val_streams = {name: stream for name, stream in open_streams(cfg.data, manifest, "val").items()
                    if eval_windows_per_rank(stream, t.seq_len, env.world_size, 1) > 0}
+    for name in set(manifest["sources"]) & {s.name for s in cfg.data.sources} - set(val_streams):
+        log.warning("source %s: too little validation text for one window per rank: not validated", name)
     if not val_streams:
         raise ValueError(
             f"prepared data '{cfg.data.name}' has too little validation text for one window of trainer.seq_len="
@@ -130,6 +139,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         return losses["all"]
 
     val_loss = validate(0)
+    check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size)
     for step in range(t.steps):
         loss, grad_norm = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
@@ -151,4 +161,6 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             val_loss = validate(done)
             throughput.resume()
     sink.close()
+    if cfg.export.enabled:
+        export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg.export.push_to_hub, cfg.export.private)
     return val_loss

@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
+# tests never reach a model hub: fail fast instead of retrying for a minute
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import cpt.config  # noqa: F401  (registers the schema)
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import cpt.config  # noqa: F401,E402  (registers the schema)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

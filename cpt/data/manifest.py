@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cpt.config import DataConfig
 from cpt.data.loader import TokenStream
-from cpt.tokenizer import Tokenizer, identity
+from cpt.tokenizer import Tokenizer, identity, same_ids
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -20,6 +20,19 @@ def data_dir(cfg: DataConfig) -> Path:
 
 
 def load_manifest(cfg: DataConfig, tokenizer: Tokenizer) -> dict:
+    """The manifest of prepared data that this tokenizer produced and that holds every configured source."""
+    manifest = load_manifest_file(cfg)
+    want = identity(tokenizer)
+    if not same_ids(manifest["tokenizer"], want):
+        raise ValueError(
+            f"prepared data '{cfg.name}' was tokenized with {manifest['tokenizer']}, but this run's tokenizer is "
+            f"{want} (model.tokenizer / model.name_or_path / model.eos_token): prepare it again with this run's "
+            "model settings"
+        )
+    return manifest
+
+
+def load_manifest_file(cfg: DataConfig) -> dict:
     path = data_dir(cfg) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(
@@ -27,12 +40,6 @@ def load_manifest(cfg: DataConfig, tokenizer: Tokenizer) -> dict:
             f"`python -m cpt.prepare data={cfg.name}` with the same model/tokenizer settings first"
         )
     manifest = json.loads(path.read_text())
-    want = identity(tokenizer)
-    if manifest["tokenizer"] != want:
-        raise ValueError(
-            f"prepared data '{cfg.name}' was tokenized with {manifest['tokenizer']}, but this run's tokenizer is "
-            f"{want} (model.tokenizer / model.name_or_path): prepare it again with this run's model settings"
-        )
     names = [s.name for s in cfg.sources]
     missing = [n for n in names if n not in manifest["sources"]]
     if missing:

@@ -1,0 +1,136 @@
+"""`python -m cpt.evaluate data=<name> +models.base=<dir> +models.trained=<dir>`: held-out perplexity, side by side.
+
+Every model is scored on the same windows of every source of the prepared data (by default its validation split,
+the first `max_tokens` tokens of each source): mean token loss and perplexity. The report compares each model with
+the baseline: on the domain source a lower perplexity is the gain of continued pretraining; on every other source
+(general text) a higher one is forgetting. Written as report.md and report.json; the table is also printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from cpt.config import EvalConfig, to_run_config, validate_eval
+from cpt.data.loader import TokenStream, num_windows, to_batch
+from cpt.data.manifest import data_dir, load_manifest_file, open_streams
+from cpt.distributed import resolve_device
+from cpt.logs import setup_logging
+from cpt.tokenizer import HFTokenizer, identity, same_ids
+
+log = logging.getLogger("cpt.evaluate")
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_size: int, max_tokens: int | None,
+               device: torch.device) -> dict:
+    """Mean next-token loss over non-overlapping windows from the start of the stream."""
+    windows = num_windows(stream, seq_len)
+    if max_tokens is not None:
+        windows = min(windows, max(1, max_tokens // seq_len))
+    total, count = 0.0, 0
+    for first in range(0, windows, batch_size):
+        rows = [stream.read(i * seq_len, seq_len + 1) for i in range(first, min(windows, first + batch_size))]
+        inputs, targets = to_batch(np.stack(rows), device)
+        logits = model(input_ids=inputs, use_cache=False).logits
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+        count += targets.numel()
+    if count == 0:
+        raise ValueError(f"fewer than seq_len+1={seq_len + 1} tokens to evaluate: lower seq_len")
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+
+
+def load_model(path: str, manifest: dict, device: torch.device) -> torch.nn.Module:
+    """A model whose tokenizer gives the prepared data's ids (its EOS may differ: an instruct tokenizer's)."""
+    from transformers import AutoModelForCausalLM
+
+    tok_id = identity(HFTokenizer(path))
+    if not same_ids(tok_id, manifest["tokenizer"], keys=("vocab_size", "probe")):
+        raise ValueError(f"model '{path}': its tokenizer {tok_id} is not the one the data was prepared with "
+                         f"{manifest['tokenizer']}: evaluate it on data prepared with its own tokenizer")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    return model.eval()
+
+
+def compare(results: dict, baseline: str, domain: str) -> dict:
+    """Per model and source: the relative change of perplexity against the baseline and what it means."""
+    out = {}
+    for name, sets in results.items():
+        if name == baseline:
+            continue
+        out[name] = {}
+        for source, r in sets.items():
+            base = results[baseline][source]["ppl"]
+            change = r["ppl"] / base - 1
+            kind = ("gain" if change < 0 else "loss") if source == domain else ("forgetting" if change > 0 else "gain")
+            out[name][source] = {"ppl_change": change, "kind": kind}
+    return out
+
+
+def markdown(results: dict, changes: dict, baseline: str, domain: str) -> str:
+    models = list(results)
+    head = "| set | " + " | ".join(f"{m} ppl" for m in models) + " | " + \
+           " | ".join(f"{m} vs {baseline}" for m in changes) + " |"
+    lines = [head, "|" + "---|" * (1 + len(models) + len(changes))]
+    for source in results[baseline]:
+        label = f"{source} (domain)" if source == domain else source
+        ppl = " | ".join(f"{results[m][source]['ppl']:.3f}" for m in models)
+        delta = " | ".join(f"{100 * changes[m][source]['ppl_change']:+.1f}% ({changes[m][source]['kind']})"
+                           for m in changes)
+        lines.append(f"| {label} | {ppl} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(cfg: EvalConfig, out: Path) -> dict:
+    validate_eval(cfg)
+    device = torch.device(resolve_device(cfg.device))
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    manifest = load_manifest_file(cfg.data)
+    streams = open_streams(cfg.data, manifest, cfg.split)
+    baseline = cfg.baseline or next(iter(cfg.models))
+    domain = cfg.domain or cfg.data.sources[0].name
+    results: dict = {}
+    for name, path in cfg.models.items():
+        start = time.perf_counter()
+        model = load_model(path, manifest, device)
+        results[name] = {source: perplexity(model, stream, cfg.seq_len, cfg.batch_size, cfg.max_tokens, device)
+                         for source, stream in streams.items()}
+        log.info("%s (%s): %s in %.1f s", name, path,
+                 ", ".join(f"{s} ppl {r['ppl']:.3f}" for s, r in results[name].items()), time.perf_counter() - start)
+        del model
+    changes = compare(results, baseline, domain)
+    report = {"data": cfg.data.name, "data_dir": str(data_dir(cfg.data).resolve()), "split": cfg.split,
+              "seq_len": cfg.seq_len, "max_tokens": cfg.max_tokens, "models": dict(cfg.models), "baseline": baseline,
+              "domain": domain, "results": results, "changes": changes}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    table = markdown(results, changes, baseline, domain)
+    (out / "report.md").write_text(f"# Held-out perplexity on '{cfg.data.name}' ({cfg.split})\n\n{table}")
+    print(table, flush=True)
+    log.info("report: %s", out / "report.md")
+    return report
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    typed: EvalConfig = to_run_config(cfg, EvalConfig)
+    out = Path(typed.out or HydraConfig.get().runtime.output_dir)
+    setup_logging(out, rank=0, log_name="evaluate.log")
+    evaluate(typed, out)
+
+
+if __name__ == "__main__":
+    main()

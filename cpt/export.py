@@ -1,0 +1,92 @@
+"""A sharded training model -> a transformers model directory that `AutoModelForCausalLM.from_pretrained` loads:
+model.safetensors, config.json, generation_config.json and the tokenizer. Optionally uploaded to the hub.
+
+All ranks take part in gathering the full state dict (to CPU, rank 0 only); rank 0 writes it into a fresh plain
+model of the same config, so nothing of FSDP (DTensors, wrappers, compile or checkpoint prefixes) reaches the files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cpt.distributed import DistEnv
+from cpt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full, unsharded state dict on rank 0's CPU (None on the other ranks); keys as in the plain model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    clean = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.replace(prefix, "")
+        clean[key] = value
+    return clean
+
+
+def save_hf(state: dict[str, torch.Tensor], config, generation_config, tokenizer: Tokenizer, out: Path) -> None:
+    """Write a model directory atomically (a temporary name, renamed when complete)."""
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"export: state dict does not fit {type(plain).__name__}: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    plain.generation_config = generation_config or GenerationConfig()
+    if plain.generation_config.eos_token_id is None:
+        plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, env: DistEnv, push_to_hub: Optional[str] = None,
+                 private: bool = True) -> Optional[Path]:
+    """Collective: every rank calls it; rank 0 writes `out` and returns it."""
+    state = plain_state_dict(model)
+    if env.is_main:
+        save_hf(state, model.config, getattr(model, "generation_config", None), tokenizer, out)
+        log.info("exported a transformers model directory to %s", out)
+        if push_to_hub:
+            push(out, push_to_hub, private)
+    dist.barrier()
+    return out if env.is_main else None
+
+
+def push(folder: Path, repo_id: str, private: bool) -> str:
+    """Upload an exported directory to the hub; fails with what to do when the hub is unreachable."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="cpt export")
+    except Exception as e:  # network, auth and permission errors all come here
+        raise RuntimeError(
+            f"export.push_to_hub={repo_id}: upload failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"The export itself is complete at {folder}; upload it later with `hf upload {repo_id} {folder}` "
+            "once the hub is reachable and you are logged in (`hf auth login` or HF_TOKEN)."
+        ) from e
+    log.info("pushed %s to the hub: %s", folder, info)
+    return str(info)
