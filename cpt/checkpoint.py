@@ -1,0 +1,203 @@
+"""Sharded, atomic checkpoints and exact resume.
+
+Layout under `<run dir>/<checkpoint.dir>/`:
+  step-00000100/        one complete checkpoint: DCP shards of {"model", "optim"} (every rank writes its own,
+                        nothing is gathered), trainer.pt (step, tokens, LR schedule, loader position),
+                        rng-<rank>.pt (each rank's RNG states), config.yaml, and meta.json, written last
+  latest                the name of the newest complete checkpoint, replaced atomically after it is complete
+  .tmp-step-00000100/   a checkpoint being written; renamed to step-... only when complete, so a crash leaves
+                        the previous checkpoints valid; leftovers are deleted at the next start
+
+Resharding comes from DCP: a checkpoint written by N ranks loads on M. The loader position is a few integers, so
+resuming at any step costs the same (no batches are replayed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from cpt import faults
+from cpt.config import CheckpointConfig
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"
+META = "meta.json"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / META).is_file()
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under `root` (by the `latest` marker, else by name), or None."""
+    marker = root / LATEST
+    if marker.is_file():
+        candidate = root / marker.read_text().strip()
+        if is_checkpoint(candidate):
+            return candidate
+    complete = sorted(p for p in root.glob("step-*") if is_checkpoint(p))
+    return complete[-1] if complete else None
+
+
+def resolve_resume(resume: str, ckpt_root: Path) -> Optional[Path]:
+    """`resume`: auto (the latest in this run, if any) | none | a checkpoint or run directory."""
+    if resume == "none":
+        log.info("resume=none: starting fresh")
+        return None
+    if resume == "auto":
+        found = latest_checkpoint(ckpt_root)
+        if found is None:
+            log.info("no checkpoint in %s: starting fresh", ckpt_root)
+        return found
+    path = Path(resume).expanduser()
+    if is_checkpoint(path):
+        return path
+    for root in (path, path / "checkpoints"):
+        found = latest_checkpoint(root) if root.is_dir() else None
+        if found is not None:
+            return found
+    raise FileNotFoundError(f"config key 'resume': {path} is not a complete checkpoint (no {META}) and holds none: "
+                            "give a step-* directory, a run directory, 'auto' or 'none'")
+
+
+def _all_finite(model: nn.Module) -> bool:
+    ok = torch.tensor([1.0])
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        if not torch.isfinite(local.detach()).all():
+            ok.zero_()
+            break
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class Checkpointer:
+    """Saves every `interval` steps and at the end, keeps the last `keep_last`, optionally asynchronously."""
+
+    def __init__(self, cfg: CheckpointConfig, run_dir: Path, config_yaml: Optional[Path], rank: int, world: int):
+        self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, config_yaml
+        self.rank, self.world = rank, world
+        self.pending: Optional[tuple[Any, Path, int]] = None  # (future, tmp dir, step) of an async save
+        if rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for partial in self.root.glob(".tmp-*"):
+                log.warning("removing the partial checkpoint %s (a save was interrupted)", partial)
+                shutil.rmtree(partial, ignore_errors=True)
+        dist.barrier()
+
+    def due(self, step: int, last: int) -> bool:
+        return (self.cfg.interval > 0 and step % self.cfg.interval == 0) or (step == last and self.cfg.at_end)
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict) -> None:
+        """Collective. Refuses non-finite weights; the checkpoint appears only when complete."""
+        self.wait()
+        if not _all_finite(model):
+            raise RuntimeError(f"step {step}: the model holds NaN/inf weights; refusing to write a checkpoint "
+                               f"(the last good one stays in {self.root})")
+        start = time.perf_counter()
+        tmp = self.root / f".tmp-{step_name(step)}"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        if self.rank == 0:
+            torch.save(trainer_state, tmp / "trainer.pt")
+            if self.config_yaml is not None and self.config_yaml.is_file():
+                shutil.copy(self.config_yaml, tmp / "config.yaml")
+        if self.cfg.async_save:
+            future = dcp.async_save(state, checkpoint_id=str(tmp))
+            self.pending = (future, tmp, step)
+            log.info("checkpoint %s: staged in %.2f s, writing in the background", step_name(step),
+                     time.perf_counter() - start)
+        else:
+            dcp.save(state, checkpoint_id=str(tmp))
+            self._finish(tmp, step, start)
+
+    def wait(self) -> None:
+        """Complete an asynchronous save (every rank), then publish it."""
+        if self.pending is None:
+            return
+        future, tmp, step = self.pending
+        self.pending = None
+        start = time.perf_counter()
+        future.result()
+        self._finish(tmp, step, start)
+
+    def _finish(self, tmp: Path, step: int, start: float) -> None:
+        dist.barrier()  # every rank's shard is on disk
+        faults.maybe_crash_in_save(step, self.rank)
+        if self.rank == 0:
+            final = self.root / step_name(step)
+            (tmp / META).write_text(json.dumps({"step": step, "world_size": self.world,
+                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            marker = self.root / f".{LATEST}.tmp"
+            marker.write_text(final.name)
+            os.replace(marker, self.root / LATEST)
+            self._prune()
+            log.info("checkpoint %s saved in %.2f s", final, time.perf_counter() - start)
+        dist.barrier()
+
+    def _prune(self) -> None:
+        complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p))
+        for old in complete[: max(0, len(complete) - self.cfg.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int, world: int) -> dict:
+    """Restore model + optimizer (resharded to this world size), RNG (when the world size matches) and return the
+    trainer state (step, tokens, scheduler, loader)."""
+    start = time.perf_counter()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    meta = json.loads((path / META).read_text())
+    rng = path / f"rng-{rank}.pt"
+    if meta["world_size"] == world and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    else:
+        log.warning("checkpoint %s was written by %d ranks, this run has %d: RNG states start fresh",
+                    path.name, meta["world_size"], world)
+    trainer_state = torch.load(path / "trainer.pt", weights_only=False)
+    log.info("resumed from %s (step %d) in %.2f s", path, trainer_state["step"], time.perf_counter() - start)
+    return trainer_state

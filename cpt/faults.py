@@ -1,0 +1,39 @@
+"""Fault injection for the resilience tests, driven by environment variables (unset in normal runs):
+
+  CPT_FAULT_KILL=<rank>:<step>      that rank SIGKILLs itself after finishing optimizer step <step>
+  CPT_FAULT_CRASH_IN_SAVE=<step>    rank 0 SIGKILLs itself while the checkpoint of <step> is written (shards on
+                                    disk, not yet published)
+  CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
+The tests rerun the command without the variable to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _get(name: str) -> list[int] | None:
+    value = os.environ.get(name)
+    return [int(v) for v in value.split(":")] if value else None
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_kill(step: int, rank: int) -> None:
+    spec = _get("CPT_FAULT_KILL")
+    if spec and spec[0] == rank and spec[1] == step:
+        _die()
+
+
+def maybe_crash_in_save(step: int, rank: int) -> None:
+    spec = _get("CPT_FAULT_CRASH_IN_SAVE")
+    if spec and rank == 0 and spec[0] == step:
+        _die()
+
+
+def nan_at(step: int) -> bool:
+    spec = _get("CPT_FAULT_NAN")
+    return bool(spec) and spec[0] == step
