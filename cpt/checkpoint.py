@@ -112,6 +112,9 @@ class Checkpointer:
         self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, config_yaml
         self.rank, self.world = rank, world
         self.pending: Optional[tuple[Any, Path, int]] = None  # (future, tmp dir, step) of an async save
+        # an async save runs collectives from a background thread: they need their own group, or they interleave
+        # with training's collectives on the default one
+        self.group = dist.new_group(backend="gloo") if cfg.async_save else None
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for partial in self.root.glob(".tmp-*"):
@@ -142,7 +145,7 @@ class Checkpointer:
             if self.config_yaml is not None and self.config_yaml.is_file():
                 shutil.copy(self.config_yaml, tmp / "config.yaml")
         if self.cfg.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(tmp))
+            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, step)
             log.info("checkpoint %s: staged in %.2f s, writing in the background", step_name(step),
                      time.perf_counter() - start)

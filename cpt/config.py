@@ -48,6 +48,11 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class NonFinite(str, Enum):
+    skip = "skip"  # drop the step's update (the batch is consumed), log it, go on
+    stop = "stop"  # stop the run with an error; the last checkpoint stays valid
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -194,6 +199,18 @@ class TrainerConfig:
     compile: bool = False
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU where the device table has none (CPU)
     progress_bar: bool = True
+    on_nonfinite: NonFinite = NonFinite.stop  # a NaN/inf loss or gradient norm: skip the update or stop
+
+
+@dataclass
+class CheckpointConfig:
+    """Sharded DCP checkpoints in <run dir>/<dir>/step-XXXXXXXX, published atomically."""
+
+    interval: int = 0  # save every N optimizer steps; 0 = only at the end
+    at_end: bool = True  # save after the last step
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted
+    dir: str = "checkpoints"  # relative to the run directory
+    async_save: bool = False  # write in the background (dcp.async_save) while training goes on
 
 
 @dataclass
@@ -213,7 +230,11 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # auto: continue from the latest complete checkpoint of this run directory, if any; none: start fresh;
+    # or a checkpoint (step-*) or run directory to start from
+    resume: str = "auto"
 
 
 @dataclass
@@ -326,6 +347,11 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("fsdp.shard_size", f"only applies to fsdp.strategy=hybrid_shard, not {f.strategy.value}")
     if f.cpu_offload and f.strategy != Strategy.full_shard:
         raise ConfigError("fsdp.cpu_offload", f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")
+    c = cfg.checkpoint
+    if c.interval < 0 or c.keep_last < 1:
+        raise ConfigError("checkpoint.interval", f"interval must be >= 0 and keep_last >= 1, got {c.interval}, {c.keep_last}")
+    if not c.dir or os.path.isabs(c.dir) or ".." in Path(c.dir).parts:
+        raise ConfigError("checkpoint.dir", f"must be a path inside the run directory, got {c.dir!r}")
     if not cfg.export.dir or os.path.isabs(cfg.export.dir) or ".." in Path(cfg.export.dir).parts:
         raise ConfigError("export.dir", f"must be a path inside the run directory, got {cfg.export.dir!r}")
     if cfg.export.push_to_hub is not None and (not cfg.export.enabled or cfg.export.push_to_hub.count("/") != 1):

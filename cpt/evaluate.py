@@ -1,5 +1,7 @@
 """`python -m cpt.evaluate data=<name> +models.base=<dir> +models.trained=<dir>`: held-out perplexity, side by side.
 
+A model is a transformers directory, a hub id, or a cpt checkpoint / run directory (exported first).
+
 Every model is scored on the same windows of every source of the prepared data (by default its validation split,
 the first `max_tokens` tokens of each source): mean token loss and perplexity. The report compares each model with
 the baseline: on the domain source a lower perplexity is the gain of continued pretraining; on every other source
@@ -22,6 +24,8 @@ from omegaconf import DictConfig
 
 from cpt.config import EvalConfig, to_run_config, validate_eval
 from cpt.data.loader import TokenStream, num_windows, to_batch
+from cpt.checkpoint import META
+from cpt.export import export_checkpoint
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
 from cpt.distributed import resolve_device
 from cpt.logs import setup_logging
@@ -50,9 +54,13 @@ def perplexity(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
 
 
-def load_model(path: str, manifest: dict, device: torch.device) -> torch.nn.Module:
-    """A model whose tokenizer gives the prepared data's ids (its EOS may differ: an instruct tokenizer's)."""
+def load_model(path: str, manifest: dict, device: torch.device, scratch: Path) -> torch.nn.Module:
+    """A model directory, or a cpt checkpoint (exported first), whose tokenizer gives the prepared data's ids (its
+    EOS may differ: an instruct tokenizer's)."""
     from transformers import AutoModelForCausalLM
+
+    if (Path(path) / META).is_file() or (Path(path) / "checkpoints").is_dir():
+        path = str(export_checkpoint(Path(path), scratch / Path(path).name))
 
     tok_id = identity(HFTokenizer(path))
     if not same_ids(tok_id, manifest["tokenizer"], keys=("vocab_size", "probe")):
@@ -101,9 +109,10 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
     baseline = cfg.baseline or next(iter(cfg.models))
     domain = cfg.domain or cfg.data.sources[0].name
     results: dict = {}
+    out.mkdir(parents=True, exist_ok=True)
     for name, path in cfg.models.items():
         start = time.perf_counter()
-        model = load_model(path, manifest, device)
+        model = load_model(path, manifest, device, out / "exported")
         results[name] = {source: perplexity(model, stream, cfg.seq_len, cfg.batch_size, cfg.max_tokens, device)
                          for source, stream in streams.items()}
         log.info("%s (%s): %s in %.1f s", name, path,

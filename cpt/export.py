@@ -90,3 +90,55 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
         ) from e
     log.info("pushed %s to the hub: %s", folder, info)
     return str(info)
+
+
+def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
+    """Any complete checkpoint (or a run directory: its latest) -> a transformers model directory, in one process,
+    without the run's ranks: DCP reassembles the full tensors from the shards."""
+    import torch.distributed.checkpoint as dcp
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from cpt.checkpoint import resolve_resume
+    from cpt.config import to_run_config
+    from cpt.model import hf_config
+    from cpt.tokenizer import build_tokenizer
+
+    ckpt = resolve_resume(str(path), path)
+    out = out or ckpt.parent.parent / f"hf-{ckpt.name}"
+    cfg = to_run_config(OmegaConf.load(ckpt / "config.yaml"))
+    tokenizer = build_tokenizer(cfg.model)
+    config = hf_config(cfg.model)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(ckpt))
+    generation = None
+    if not cfg.model.random_init:
+        try:
+            generation = GenerationConfig.from_pretrained(cfg.model.name_or_path)
+        except OSError:
+            pass
+    save_hf(state["model"], config, generation, tokenizer, out)
+    log.info("exported checkpoint %s to %s", ckpt, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m cpt.export",
+                                description="Turn a cpt checkpoint into a transformers model directory.")
+    p.add_argument("checkpoint", type=Path, help="a checkpoints/step-* directory, or a run directory (its latest)")
+    p.add_argument("--out", type=Path, help="output directory (default: <run dir>/hf-<checkpoint name>)")
+    p.add_argument("--push-to-hub", metavar="USER/NAME", help="also upload it to this hub repo")
+    p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = export_checkpoint(args.checkpoint, args.out)
+    if args.push_to_hub:
+        push(out, args.push_to_hub, private=not args.public)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,8 +14,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from cpt import distributed
-from cpt.config import RunConfig
+from cpt import checkpoint, distributed, faults
+from cpt.checkpoint import Checkpointer, resolve_resume
+from cpt.config import NonFinite, RunConfig
 from cpt.data.loader import MixtureLoader, TokenStream, eval_batches, eval_windows_per_rank
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.logs import setup_logging
@@ -35,13 +36,16 @@ def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduc
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
-               grad_clip: Optional[float]) -> tuple[torch.Tensor, torch.Tensor]:
+               grad_clip: Optional[float], inject_nan: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One optimizer step over `grad_accum` micro-batches; gradients are reduced only on the last one.
-    Returns this rank's mean loss and the global gradient norm (before clipping), both still on the device."""
+    Returns this rank's mean loss, the global gradient norm (before clipping) and whether the update was applied:
+    a non-finite gradient norm (NaN/inf loss on any rank) skips it, leaving the weights untouched."""
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
     for i, (inputs, targets) in enumerate(batches):
         model.set_requires_gradient_sync(i == grad_accum - 1)
         loss = lm_loss(model, inputs, targets) / grad_accum
+        if inject_nan:
+            loss = loss * float("nan")
         loss.backward()
         loss_sum += loss.detach()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -49,9 +53,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    optimizer.step()
+    applied = bool(torch.isfinite(grad_norm))  # the norm is global: every rank decides alike
+    if applied:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm
+    return loss_sum, grad_norm, applied
 
 
 @torch.no_grad()
@@ -128,7 +134,15 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         log.info("MFU unavailable: no peak FLOP/s known for %s (set trainer.peak_flops)", env.device)
     log.info("%d ranks, global batch %d x %d tokens = %d tokens/step, %d steps",
              env.world_size, train_loader.global_batch, t.seq_len, tokens_per_step, t.steps)
-    sink = MetricsSink(run_dir, t.steps, 0, t.progress_bar, env.is_main)
+    ckpt = Checkpointer(cfg.checkpoint, run_dir, run_dir / "config.yaml", env.rank, env.world_size)
+    start, skipped = 0, 0
+    resume_from = resolve_resume(cfg.resume, ckpt.root)
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, optimizer, env.rank, env.world_size)
+        scheduler.load_state_dict(state["scheduler"])
+        train_loader.load_state_dict(state["loader"])
+        start, skipped = state["step"], state["skipped"]
+    sink = MetricsSink(run_dir, t.steps, start, t.progress_bar, env.is_main)
 
     def validate(step: int) -> float:
         losses = evaluate(model, val_streams, t, env)
@@ -138,21 +152,32 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         sink.write(record)
         return losses["all"]
 
-    val_loss = validate(0)
-    check_weights_loaded(val_loss, vocab_size, cfg.model)
+    val_loss = float("nan")
+    if start == 0:
+        val_loss = validate(0)
+        check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size)
-    for step in range(t.steps):
-        loss, grad_norm = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                     cfg.optim.grad_clip)
+    for step in range(start, t.steps):
+        done = step + 1
+        loss, grad_norm, applied = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
+                                              cfg.optim.grad_clip, inject_nan=faults.nan_at(done))
+        if not applied:
+            if t.on_nonfinite == NonFinite.stop:
+                raise FloatingPointError(
+                    f"step {done}: non-finite loss or gradient norm ({scalar(grad_norm)}); stopping "
+                    f"(trainer.on_nonfinite=stop; trainer.on_nonfinite=skip drops such updates instead). Checkpoints in {ckpt.root} are intact.")
+            skipped += 1
+            log.warning("step %d: non-finite gradient norm: update skipped (%d so far)", done, skipped)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         throughput.add(tokens_per_step)
         sink.advance()
-        done = step + 1
         if done % t.log_interval == 0 or done == t.steps:
             record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": scalar(grad_norm),
                       "tokens": done * tokens_per_step, **throughput.report(),
                       "peak_mem_mib": peak_memory_mib(env.device)}
+            if skipped:
+                record["skipped_steps"] = skipped
             if done == t.log_interval or done == t.steps:
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
             sink.write(record)
@@ -160,6 +185,13 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             throughput.pause()
             val_loss = validate(done)
             throughput.resume()
+        if ckpt.due(done, t.steps):
+            throughput.pause()
+            ckpt.save(done, model, optimizer, {"step": done, "skipped": skipped, "scheduler": scheduler.state_dict(),
+                                               "loader": train_loader.state_dict()})
+            throughput.resume()
+        faults.maybe_kill(done, env.rank)
+    ckpt.wait()
     sink.close()
     if cfg.export.enabled:
         export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg.export.push_to_hub, cfg.export.private)

@@ -122,6 +122,7 @@ def test_continued_pretraining_end_to_end_on_license_text(smollm2, tmp_path):
     proc = run_cli(["model=smollm2_135m", *data, "trainer.nproc_per_node=2", "trainer.steps=3",
                     "trainer.seq_len=128", "trainer.micro_batch_size=1", "trainer.eval_batches=2",
                     "trainer.log_interval=1", "trainer.progress_bar=false", "optim.lr=3e-4", "optim.warmup_steps=0",
+                    "checkpoint.at_end=false",
                     f"hydra.run.dir={run}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = read_metrics(run)

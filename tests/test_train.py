@@ -87,7 +87,7 @@ def test_one_run_directory_per_run(tmp_path, launcher):
     assert len(dirs) == 1, dirs
     run_dir = dirs[0]
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", "config.yaml", "hf", "metrics.jsonl", "train.log"], names
+    assert names == [".hydra", "checkpoints", "config.yaml", "hf", "metrics.jsonl", "train.log"], names
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))  # written once, not once per rank
     log = (run_dir / "train.log").read_text()
@@ -110,7 +110,8 @@ def test_qwen05b_architecture_random_init_one_step(tmp_path):
     proc = run_cli(["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "trainer.steps=1",
                     "data.root=${oc.env:CPT_TEST_DATA_ROOT}",
                     "trainer.seq_len=16", "trainer.micro_batch_size=1", "trainer.eval_batches=1",
-                    "trainer.progress_bar=false", "trainer.num_threads=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                    "trainer.progress_bar=false", "trainer.num_threads=2", "export.enabled=false",
+                    "checkpoint.at_end=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "494,032,768 parameters" in (run_dir / "train.log").read_text()
     records = read_metrics(run_dir)
