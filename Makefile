@@ -37,6 +37,7 @@ demo: assets
 bench: assets
 	$(PY) bench/loop_overhead.py
 	$(PY) bench/prepare_throughput.py
+	$(PY) bench/checkpoint_resume.py
 
 clean:
 	rm -rf $(VENV) outputs

