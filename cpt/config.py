@@ -213,6 +213,25 @@ class CheckpointConfig:
     async_save: bool = False  # write in the background (dcp.async_save) while training goes on
 
 
+class WandbMode(str, Enum):
+    auto = "auto"  # online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking besides metrics.jsonl (which is always written). Rank 0 only."""
+
+    wandb: bool = False
+    project: str = "cpt"
+    entity: Optional[str] = None
+    mode: WandbMode = WandbMode.auto
+    group: Optional[str] = None  # null: the sweep directory in a multirun (all jobs of a sweep together)
+    name: Optional[str] = None  # null: the job's overrides
+    tags: List[str] = field(default_factory=list)
+
+
 @dataclass
 class ExportConfig:
     """A transformers model directory (safetensors, config, tokenizer, generation config) at the end of training."""
@@ -231,6 +250,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # auto: continue from the latest complete checkpoint of this run directory, if any; none: start fresh;
     # or a checkpoint (step-*) or run directory to start from
@@ -273,12 +293,18 @@ def _model_source(name: str) -> str:
     return str(source_path(name))
 
 
+def _sweep_batch(launcher_target: str) -> Optional[int]:
+    """Jobs per sweep batch: 1 for launchers that run jobs on this machine, unlimited (None) for a cluster's."""
+    return None if "Slurm" in launcher_target else 1
+
+
 def register() -> None:
     """Register the schemas and cpt's resolvers; idempotent, called on import."""
     OmegaConf.register_new_resolver("cpt_now", _run_stamp, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("cpt_asset", lambda name: str(ASSETS / name), replace=True)
     OmegaConf.register_new_resolver("cpt_corpus", _corpus, replace=True)
     OmegaConf.register_new_resolver("cpt_model", _model_source, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("cpt_sweep_batch", _sweep_batch, replace=True)
     ConfigStore.instance().store(name="cpt_schema", node=RunConfig)
     ConfigStore.instance().store(name="cpt_eval_schema", node=EvalConfig)
 

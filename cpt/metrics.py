@@ -1,5 +1,6 @@
-"""Throughput, MFU and memory, and where metrics go: the console log, `metrics.jsonl` in the run directory, and a
-progress bar with ETA. Only global rank 0 writes; other ranks get a sink that drops everything."""
+"""Throughput, MFU and memory, and where metrics go: the console log, `metrics.jsonl` in the run directory, a
+progress bar with ETA, and W&B when configured (cpt.tracking). Only global rank 0 writes; other ranks get a sink
+that drops everything."""
 
 from __future__ import annotations
 
@@ -113,8 +114,9 @@ class Throughput:
 class MetricsSink:
     """Rank 0: console log line, one JSON object per line in metrics.jsonl, tqdm progress bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool, enabled: bool,
+                 tracker=None):
+        self.enabled, self.tracker = enabled, tracker
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.bar = None
         if enabled and progress_bar:
@@ -128,6 +130,8 @@ class MetricsSink:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=record["step"])
         log.info(" | ".join(_fmt(k, v) for k, v in record.items()))
         if self.bar is not None and "loss" in record:
             self.bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
@@ -141,6 +145,8 @@ class MetricsSink:
             self.bar.close()
         if self.file is not None:
             self.file.close()
+        if self.tracker is not None:
+            self.tracker.finish()
 
 
 def _fmt(key: str, value) -> str:

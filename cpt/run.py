@@ -1,7 +1,8 @@
 """`python -m cpt.run [group=option ...] [key=value ...]`: THE entrypoint.
 
 Hydra composes the config once, cpt validates it and writes it resolved into the run directory, then:
-- launched as a rank (torchrun, SLURM/submitit: RANK and WORLD_SIZE in the environment) -> train as that rank;
+- launched as a rank (torchrun; or a submitit task of Hydra's submitit launcher, locally or on SLURM, where each
+  task is one rank and submitit's environment gives rank, world and rendezvous) -> train as that rank;
 - trainer.nproc_per_node=N > 1 -> start N local ranks from this process with torch elastic's launcher API;
 - otherwise -> train in this process as the only rank.
 Every way gives one run directory, one train.log and one metrics.jsonl, written by global rank 0 only.
@@ -19,7 +20,7 @@ from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from cpt import distributed
@@ -61,8 +62,31 @@ def write_resolved(cfg: DictConfig, run_dir: Path) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def adopt_submitit_rank() -> None:
+    """In a submitit task (SLURM or local), export RANK/WORLD_SIZE/MASTER_* from submitit's job environment. A
+    requeued job gets the same job id, hence the same rendezvous port."""
+    if "SUBMITIT_EXECUTOR" in os.environ and not distributed.launched_as_rank():
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def wandb_naming(cfg: DictConfig) -> None:
+    """W&B group = the sweep (its directory), name = the job's overrides, unless the logger config sets them."""
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    with open_dict(cfg):
+        if cfg.logger.group is None and hc.mode == RunMode.MULTIRUN:
+            cfg.logger.group = str(Path(hc.sweep.dir))
+        if cfg.logger.name is None:
+            cfg.logger.name = hc.job.override_dirname or hc.job.name
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> Optional[float]:
+    adopt_submitit_rank()
+    wandb_naming(cfg)
     run_cfg = to_run_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if distributed.launched_as_rank():

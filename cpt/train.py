@@ -12,9 +12,10 @@ from typing import Iterable, Optional
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
-from cpt import checkpoint, distributed, faults
+from cpt import checkpoint, distributed, faults, tracking
 from cpt.checkpoint import Checkpointer, resolve_resume
 from cpt.config import NonFinite, RunConfig
 from cpt.data.loader import MixtureLoader, TokenStream, eval_batches, eval_windows_per_rank
@@ -142,7 +143,10 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         scheduler.load_state_dict(state["scheduler"])
         train_loader.load_state_dict(state["loader"])
         start, skipped = state["step"], state["skipped"]
-    sink = MetricsSink(run_dir, t.steps, start, t.progress_bar, env.is_main)
+    tracker = None
+    if env.is_main and cfg.logger.wandb:
+        tracker = tracking.start(cfg.logger, run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()))
+    sink = MetricsSink(run_dir, t.steps, start, t.progress_bar, env.is_main, tracker)
 
     def validate(step: int) -> float:
         losses = evaluate(model, val_streams, t, env)
