@@ -4,6 +4,7 @@
   CPT_FAULT_CRASH_IN_SAVE=<step>    rank 0 SIGKILLs itself while the checkpoint of <step> is written (shards on
                                     disk, not yet published)
   CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
+  CPT_FAULT_SLOW=<seconds>          every optimizer step takes at least this long (a long job in a short test)
 The tests rerun the command without the variable to resume.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def _get(name: str) -> list[int] | None:
@@ -37,3 +39,9 @@ def maybe_crash_in_save(step: int, rank: int) -> None:
 def nan_at(step: int) -> bool:
     spec = _get("CPT_FAULT_NAN")
     return bool(spec) and spec[0] == step
+
+
+def maybe_slow() -> None:
+    seconds = os.environ.get("CPT_FAULT_SLOW")
+    if seconds:
+        time.sleep(float(seconds))

@@ -195,6 +195,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
                                                "loader": train_loader.state_dict()})
             throughput.resume()
         faults.maybe_kill(done, env.rank)
+        faults.maybe_slow()
     ckpt.wait()
     sink.close()
     if cfg.export.enabled:

@@ -1,0 +1,124 @@
+"""Sweeps on a real Slurm cluster (launchers/slurm_cluster.sh up; .ci/run starts and stops it) through Hydra's
+submitit launcher: every task is one rank; requeue on timeout and on preemption resumes from the job's checkpoint;
+a job cancelled from outside fails the sweep promptly. Skipped when no cluster answers, unless CPT_REQUIRE_SLURM=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, read_metrics, rank_env
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    up = shutil.which("sbatch") and subprocess.run(["scontrol", "ping"], capture_output=True).returncode == 0
+    if not up:
+        message = "no Slurm cluster answers: launchers/slurm_cluster.sh up"
+        if os.environ.get("CPT_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+SLURM = ["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+         "trainer.micro_batch_size=2"]
+
+
+def sweep(tmp_path: Path, extra: list[str], env: dict | None = None, wait=True):
+    cmd = [sys.executable, "-m", "cpt.run", "-m", *TINY, *SLURM, *extra, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**rank_env(), **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-5000:]
+    return tmp_path / "sweep"
+
+
+def final_loss(run_dir: Path) -> float:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}[max(
+        r["step"] for r in read_metrics(run_dir) if "loss" in r)]
+
+
+def job_ids(sweep_dir: Path) -> list[str]:
+    return sorted({p.name.split("_")[0] for p in (sweep_dir / ".submitit").iterdir() if p.name[0].isdigit()})
+
+
+def test_lr_sweep_two_ranks_per_job(tmp_path):
+    sweep_dir = sweep(tmp_path, ["optim.lr=1e-3,3e-3"])
+    for job in ("0", "1"):
+        run_dir = sweep_dir / job
+        log = (run_dir / "train.log").read_text()
+        assert log.count("2 ranks, global batch 4") == 1  # one log per job, written by rank 0 only
+        steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+        assert steps == list(range(1, 7))
+        assert (run_dir / "hf" / "model.safetensors").is_file()
+    assert final_loss(sweep_dir / "1") != final_loss(sweep_dir / "0")  # the jobs really got their own lr
+    (jid,) = job_ids(sweep_dir)
+    for _ in range(30):  # accounting records the end a moment after the job's result is in
+        states = subprocess.run(["sacct", "-n", "-X", "-j", jid, "-o", "State"], capture_output=True, text=True)
+        if states.stdout.split() == ["COMPLETED", "COMPLETED"]:
+            break
+        time.sleep(1)
+    assert states.stdout.split() == ["COMPLETED", "COMPLETED"]
+
+
+LONG = ["trainer.steps=40", "checkpoint.interval=2", "optim.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return final_loss(sweep(tmp_path_factory.mktemp("ref"), LONG) / "0")
+
+
+def test_timeout_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
+    """A 1-minute limit on a job of 40 slow steps (~1 s each): USR2 30 s before the limit, submitit requeues, the job
+    resumes from its last checkpoint, as often as it takes."""
+    sweep_dir = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                                 "hydra.launcher.max_num_timeout=6"], env={"CPT_FAULT_SLOW": "1"})
+    run_dir = sweep_dir / "0"
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert final_loss(run_dir) == uninterrupted
+
+
+def _wait_for_step(run_dir: Path, step: int, proc, limit=300) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.is_file() and any(r.get("step", 0) >= step and "loss" in r for r in read_metrics(run_dir)):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{run_dir} never reached step {step}")
+
+
+def test_preemption_signal_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
+    proc = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3"],
+                 env={"CPT_FAULT_SLOW": "1"}, wait=False)
+    run_dir = tmp_path / "sweep" / "0"
+    _wait_for_step(run_dir, 5, proc)
+    (jid,) = job_ids(tmp_path / "sweep")
+    subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-5000:]
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert final_loss(run_dir) == uninterrupted
+
+
+def test_cancelled_job_fails_the_sweep_promptly(tmp_path):
+    proc = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=10"], env={"CPT_FAULT_SLOW": "2"}, wait=False)
+    _wait_for_step(tmp_path / "sweep" / "0", 2, proc)
+    (jid,) = job_ids(tmp_path / "sweep")
+    subprocess.run(["scancel", jid], check=True)
+    start = time.time()
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and time.time() - start < 120
+    assert "CANCELLED" in err or "cancel" in err.lower()
