@@ -19,6 +19,7 @@ MEM=$(( $(free -m | awk '/^Mem:/ {print $2}') - 2048 ))
 log() { echo "[slurm_cluster] $*"; }
 
 install() {
+  apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     slurmctld slurmd slurm-client slurmdbd munge mariadb-server
 }

@@ -48,7 +48,8 @@ def compose_cfg(overrides: list[str]):
 
 def rank_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CPT_RUN_STAMP"):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "CPT_RUN_STAMP",
+                "WANDB_MODE", "WANDB_API_KEY"):  # W&B in tests: offline, as with no key configured
         env.pop(key, None)
     return env
 

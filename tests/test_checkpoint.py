@@ -40,18 +40,27 @@ def curve(run_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    run_dir, _ = run(tmp_path_factory.mktemp("ref"), "ref", TWO)
-    return curve(run_dir)
+def reference_run(tmp_path_factory):
+    run_dir, _ = run(tmp_path_factory.mktemp("ref"), "ref", TWO)  # checkpoints at 2, 4, 6; keeps 4 and 6
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return curve(reference_run)
 
 
 def test_sigkill_one_rank_then_rerun_is_bit_identical(tmp_path, reference):
-    run_dir, proc = run(tmp_path, "r", TWO, {"CPT_FAULT_KILL": "1:3"}, ok=False)
+    """Also with W&B (offline): the rerun continues the same W&B run id."""
+    wandb = ["logger=wandb"]
+    run_dir, proc = run(tmp_path, "r", [*TWO, *wandb], {"CPT_FAULT_KILL": "1:3"}, ok=False)
     assert proc.returncode != 0
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["latest", "step-00000002"]
-    run(tmp_path, "r", TWO)  # the same command again
+    run(tmp_path, "r", [*TWO, *wandb])  # the same command again
     assert curve(run_dir) == reference  # exact float equality, step by step, loss and grad norm
     assert "resumed from" in (run_dir / "train.log").read_text()
+    starts = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(starts) == 2 and len({p.name.rsplit("-", 1)[1] for p in starts}) == 1  # two starts, one W&B run
 
 
 def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
@@ -126,10 +135,9 @@ def test_nan_stops_the_run_by_default_and_keeps_the_last_checkpoint(tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000002"
 
 
-def test_resume_none_and_explicit_path(tmp_path, reference):
-    src, _ = run(tmp_path, "src", TWO, {"CPT_FAULT_KILL": "0:2"}, ok=False)
-    run_dir, _ = run(tmp_path, "x", [*TWO, f"resume={src / 'checkpoints' / 'step-00000002'}"])
-    assert curve(run_dir) == reference[2:]
+def test_resume_none_and_explicit_path(tmp_path, reference, reference_run):
+    run_dir, _ = run(tmp_path, "x", [*TWO, f"resume={reference_run / 'checkpoints' / 'step-00000004'}"])
+    assert curve(run_dir) == reference[4:]
     again, _ = run(tmp_path, "x", [*TWO, "resume=none"])
     assert "resume=none: starting fresh" in (again / "train.log").read_text()
     by_step = [r for r in read_metrics(again) if "loss" in r]

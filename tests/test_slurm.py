@@ -76,7 +76,13 @@ LONG = ["trainer.steps=40", "checkpoint.interval=2", "optim.lr=3e-3"]
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    return final_loss(sweep(tmp_path_factory.mktemp("ref"), LONG) / "0")
+    """The same job without SLURM: 2 local ranks give the same numbers as 2 SLURM tasks."""
+    tmp = tmp_path_factory.mktemp("ref")
+    proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, *LONG, "trainer.micro_batch_size=2",
+                           "trainer.nproc_per_node=2", f"hydra.run.dir={tmp / 'run'}"], cwd=tmp, env=rank_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return final_loss(tmp / "run")
 
 
 def test_timeout_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
@@ -102,7 +108,7 @@ def _wait_for_step(run_dir: Path, step: int, proc, limit=300) -> None:
 
 def test_preemption_signal_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
     proc = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3"],
-                 env={"CPT_FAULT_SLOW": "1"}, wait=False)
+                 env={"CPT_FAULT_SLOW": "0.5"}, wait=False)
     run_dir = tmp_path / "sweep" / "0"
     _wait_for_step(run_dir, 5, proc)
     (jid,) = job_ids(tmp_path / "sweep")
