@@ -107,13 +107,16 @@ up() {
 }
 
 down() {
+  local daemons="slurmd slurmctld slurmdbd mariadbd munged"
   scancel --state=PENDING,RUNNING,SUSPENDED -u root 2>/dev/null || true
-  for daemon in slurmd slurmctld slurmdbd mariadbd munged; do pkill -x "$daemon" 2>/dev/null || true; done
+  for daemon in $daemons; do pkill -x "$daemon" 2>/dev/null || true; done
   for _ in $(seq 20); do
-    pgrep -x "slurmd|slurmctld|slurmdbd|mariadbd|munged" >/dev/null || break
+    local alive=0
+    for daemon in $daemons; do pgrep -x "$daemon" >/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
     sleep 0.5
   done
-  pkill -9 -x "slurmd|slurmctld|slurmdbd|mariadbd|munged" 2>/dev/null || true
+  for daemon in $daemons; do pkill -9 -x "$daemon" 2>/dev/null || true; done
   log "cluster down"
 }
 
