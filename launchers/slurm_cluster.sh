@@ -90,7 +90,10 @@ up() {
   (mariadbd --user=mysql --socket=/run/mysqld/mysqld.sock --pid-file=/run/mysqld/mysqld.pid \
      >"$DIR/log/mariadb.log" 2>&1 &)
   wait_for 30 mysql -e "SELECT 1"
-  mysql -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
+  # a clean state means clean accounting too: job ids restart at 1, and old records of the same ids would make
+  # submitit believe a new job had already ended
+  mysql -e "DROP DATABASE IF EXISTS slurm_acct_db;
+            CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurm';
             GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
   log "mariadb up"
 
