@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from cpt.checkpoint import META
 from cpt.config import EvalConfig, to_run_config, validate_eval
 from cpt.data.loader import TokenStream, num_windows, to_batch
-from cpt.checkpoint import META
-from cpt.export import export_checkpoint
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
 from cpt.distributed import resolve_device
+from cpt.export import export_checkpoint
 from cpt.logs import setup_logging
 from cpt.tokenizer import HFTokenizer, identity, same_ids
 
@@ -122,7 +122,6 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
     report = {"data": cfg.data.name, "data_dir": str(data_dir(cfg.data).resolve()), "split": cfg.split,
               "seq_len": cfg.seq_len, "max_tokens": cfg.max_tokens, "models": dict(cfg.models), "baseline": baseline,
               "domain": domain, "results": results, "changes": changes}
-    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     table = markdown(results, changes, baseline, domain)
     (out / "report.md").write_text(f"# Held-out perplexity on '{cfg.data.name}' ({cfg.split})\n\n{table}")

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cpt.distributed import DistEnv
+from cpt.model import hf_config, tied_keys
 from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def save_hf(state: dict[str, torch.Tensor], config, generation_config, tokenizer
 
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    missing = [k for k in missing if k not in tied_keys(config)]
     if missing or unexpected:
         raise RuntimeError(f"export: state dict does not fit {type(plain).__name__}: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
@@ -101,7 +102,6 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
 
     from cpt.checkpoint import resolve_resume
     from cpt.config import to_run_config
-    from cpt.model import hf_config
     from cpt.tokenizer import build_tokenizer
 
     ckpt = resolve_resume(str(path), path)

@@ -49,7 +49,7 @@ def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
             "hub is reachable (`hf download <id> --local-dir <dir>`) and set model.name_or_path=<dir>; "
             "HF_HUB_OFFLINE=1 skips the hub's retries."
         ) from e
-    missing = [k for k in info["missing_keys"] if k not in _tied_keys(model)]
+    missing = [k for k in info["missing_keys"] if k not in tied_keys(model.config)]
     if missing:
         raise RuntimeError(f"model.name_or_path={cfg.name_or_path}: {len(missing)} weights missing from the "
                            f"checkpoint and left random (e.g. {missing[:3]}): it does not match its config.json")
@@ -57,8 +57,9 @@ def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
     return model
 
 
-def _tied_keys(model: nn.Module) -> set[str]:
-    return {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+def tied_keys(config) -> set[str]:
+    """State-dict keys that a tied lm_head shares with the input embedding (absent from checkpoints)."""
+    return {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
 
 
 def check_weights_loaded(val_loss: float, vocab_size: int, cfg: ModelConfig) -> None:
