@@ -1,16 +1,19 @@
 """The only place that knows FSDP2, device meshes, mixed precision, activation checkpointing and compile.
-`parallelize()` takes a plain transformers module and returns it sharded, in place."""
+`parallelize()` takes a plain transformers module and returns it sharded, in place. On one rank there is nothing
+to shard: the module stays plain (FSDP2 on a 1-rank mesh only copies through its buffers, ~10% slower) and bf16
+runs under autocast with fp32 weights, the same numerics as FSDP's mixed precision policy."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import nullcontext
 
 import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from cpt.config import FSDPConfig, Precision, Strategy, TrainerConfig
 from cpt.distributed import DistEnv
@@ -55,12 +58,27 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     raise ValueError(f"module {type(old).__name__} not found in the model")
 
 
+def uses_fsdp(fsdp: FSDPConfig, env: DistEnv) -> bool:
+    """FSDP2 wraps the model when there is more than one rank, or to offload it to host memory."""
+    return env.world_size > 1 or fsdp.cpu_offload
+
+
+def autocast(model: nn.Module, precision: Precision, device: torch.device):
+    """The context every forward runs in: FSDP casts its parameters itself; a plain module computing in bf16 runs
+    under torch.autocast (fp32 weights and optimizer, bf16 matmuls)."""
+    dtype = compute_dtype(precision, device)
+    if isinstance(model, FSDPModule) or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env: DistEnv) -> nn.Module:
     """Activation checkpointing and compile per block, then fully_shard each block and the root."""
     dtype = compute_dtype(trainer.precision, env.device)
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if fsdp.cpu_offload else OffloadPolicy()
-    mesh = build_mesh(fsdp, env)
+    wrap = uses_fsdp(fsdp, env)
+    mesh = build_mesh(fsdp, env) if wrap else None
     reshard = fsdp.strategy != Strategy.shard_grad_op
 
     on_meta = next(model.parameters()).is_meta  # weights arrive later: load_full_state()
@@ -80,16 +98,15 @@ def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env:
             block.compile()
         if block is not layer:
             _replace(model, layer, block)
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
-    # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
-    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
+        if wrap:
+            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
+    if wrap:  # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
+        fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
     if on_meta:
         model.to_empty(device="cpu" if fsdp.cpu_offload else env.device)
-    log.info(
-        "FSDP2 %s on mesh %s, compute %s, activation checkpointing %s, compile %s, cpu offload %s",
-        fsdp.strategy.value, tuple(mesh.shape), str(dtype).removeprefix("torch."),
-        trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload,
-    )
+    how = f"FSDP2 {fsdp.strategy.value} on mesh {tuple(mesh.shape)}" if wrap else "1 rank, no FSDP wrap (nothing to shard)"
+    log.info("%s, compute %s, activation checkpointing %s, compile %s, cpu offload %s", how,
+             str(dtype).removeprefix("torch."), trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload)
     return model
 
 

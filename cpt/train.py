@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -14,6 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from cpt import checkpoint, distributed, faults, tracking
 from cpt.checkpoint import Checkpointer, resolve_resume
@@ -25,7 +28,7 @@ from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mi
 from cpt.export import export_model
 from cpt.model import build_model, check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
-from cpt.parallelize import compute_dtype, load_full_state, parallelize
+from cpt.parallelize import autocast, compute_dtype, load_full_state, parallelize
 from cpt.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -37,14 +40,18 @@ def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduc
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
-               grad_clip: Optional[float], inject_nan: bool = False) -> tuple[torch.Tensor, torch.Tensor, bool]:
+               grad_clip: Optional[float], amp=nullcontext(), inject_nan: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; gradients are reduced only on the last one.
-    Returns this rank's mean loss, the global gradient norm (before clipping) and whether the update was applied:
-    a non-finite gradient norm (NaN/inf loss on any rank) skips it, leaving the weights untouched."""
+    Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
+    was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
+    weights and moments untouched, without the host waiting for the step to finish."""
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
     for i, (inputs, targets) in enumerate(batches):
-        model.set_requires_gradient_sync(i == grad_accum - 1)
-        loss = lm_loss(model, inputs, targets) / grad_accum
+        if isinstance(model, FSDPModule):
+            model.set_requires_gradient_sync(i == grad_accum - 1)
+        with amp:
+            loss = lm_loss(model, inputs, targets) / grad_accum
         if inject_nan:
             loss = loss * float("nan")
         loss.backward()
@@ -54,22 +61,24 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    applied = bool(torch.isfinite(grad_norm))  # the norm is global: every rank decides alike
-    if applied:
-        optimizer.step()
+    grad_norm = grad_norm.to_local() if isinstance(grad_norm, DTensor) else grad_norm  # replicated: same on all ranks
+    optimizer.found_inf = nonfinite = (~torch.isfinite(grad_norm)).float()  # read by the fused AdamW kernel
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum, grad_norm, applied
+    return loss_sum, grad_norm, nonfinite
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, streams: dict[str, TokenStream], t, env: distributed.DistEnv) -> dict[str, float]:
+def evaluate(model: nn.Module, streams: dict[str, TokenStream], t, env: distributed.DistEnv, amp=nullcontext()
+             ) -> dict[str, float]:
     """Mean token loss on each source's validation windows (all ranks) and over all of them ("all")."""
     model.eval()
     totals = torch.zeros(len(streams), 2, dtype=torch.float64, device=env.device)
     for i, stream in enumerate(streams.values()):
         for inputs, targets in eval_batches(stream, t.seq_len, t.micro_batch_size, env.rank, env.world_size,
                                             t.eval_batches, env.device):
-            totals[i, 0] += lm_loss(model, inputs, targets, reduction="sum").double()
+            with amp:
+                totals[i, 0] += lm_loss(model, inputs, targets, reduction="sum").double()
             totals[i, 1] += targets.numel()
     model.train()
     dist.all_reduce(totals)
@@ -82,10 +91,6 @@ def global_mean(value: torch.Tensor) -> float:
     value = value.detach().clone().float()
     dist.all_reduce(value)
     return value.item() / dist.get_world_size()
-
-
-def scalar(t: torch.Tensor) -> float:
-    return (t.full_tensor() if hasattr(t, "full_tensor") else t).item()
 
 
 def train(cfg: RunConfig, run_dir: Path) -> float:
@@ -114,7 +119,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     if env.world_size > 1:
         load_full_state(model, full_state, env)
         del full_state
-    optimizer = build_optimizer(model, cfg.optim, env.device)
+    amp = autocast(model, t.precision, env.device)
+    optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {s.name: s.weight for s in cfg.data.sources},
                                  t.seq_len, t.micro_batch_size, t.grad_accum, env.rank, env.world_size, t.seed,
@@ -149,7 +155,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     sink = MetricsSink(run_dir, t.steps, start, t.progress_bar, env.is_main, tracker)
 
     def validate(step: int) -> float:
-        losses = evaluate(model, val_streams, t, env)
+        losses = evaluate(model, val_streams, t, env, amp)
         record = {"step": step, "val_loss": losses["all"], "val_ppl": math.exp(min(losses["all"], 50.0))}
         if len(val_streams) > 1:
             record.update({f"val_loss/{name}": losses[name] for name in val_streams})
@@ -161,27 +167,41 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         val_loss = validate(0)
         check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size)
+    # non-finite steps, counted on the device (no host sync per step): [steps skipped, last such step]
+    nonfinite = torch.zeros(2, device=env.device)
+    seen = 0
+
+    def check_nonfinite(done: int) -> int:
+        """Read the device counters (at log and checkpoint steps only): warn of newly skipped updates, or stop."""
+        nonlocal seen
+        count, last = (int(v) for v in nonfinite.tolist())
+        if count > seen and t.on_nonfinite == NonFinite.stop:
+            raise FloatingPointError(
+                f"step {last}: non-finite loss or gradient norm; its update was not applied and the run stops at step "
+                f"{done} (trainer.on_nonfinite=stop; trainer.on_nonfinite=skip drops such updates and goes on). "
+                f"Checkpoints in {ckpt.root} hold no non-finite weights.")
+        if count > seen:
+            log.warning("step %d: non-finite gradient norm: update skipped (%d so far)", last, skipped + count)
+        seen = count
+        return skipped + count
+
     for step in range(start, t.steps):
         done = step + 1
-        loss, grad_norm, applied = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                              cfg.optim.grad_clip, inject_nan=faults.nan_at(done))
-        if not applied:
-            if t.on_nonfinite == NonFinite.stop:
-                raise FloatingPointError(
-                    f"step {done}: non-finite loss or gradient norm ({scalar(grad_norm)}); stopping "
-                    f"(trainer.on_nonfinite=stop; trainer.on_nonfinite=skip drops such updates instead). Checkpoints in {ckpt.root} are intact.")
-            skipped += 1
-            log.warning("step %d: non-finite gradient norm: update skipped (%d so far)", done, skipped)
+        loss, grad_norm, bad = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
+                                          cfg.optim.grad_clip, amp, inject_nan=faults.nan_at(done))
+        nonfinite[0] += bad
+        nonfinite[1] = torch.where(bad > 0, done, nonfinite[1])
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         throughput.add(tokens_per_step)
         sink.advance()
         if done % t.log_interval == 0 or done == t.steps:
-            record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": scalar(grad_norm),
+            total_skipped = check_nonfinite(done)
+            record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens": done * tokens_per_step, **throughput.report(),
                       "peak_mem_mib": peak_memory_mib(env.device)}
-            if skipped:
-                record["skipped_steps"] = skipped
+            if total_skipped:
+                record["skipped_steps"] = total_skipped
             if done == t.log_interval or done == t.steps:
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
             sink.write(record)
@@ -191,7 +211,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             throughput.resume()
         if ckpt.due(done, t.steps):
             throughput.pause()
-            ckpt.save(done, model, optimizer, {"step": done, "skipped": skipped, "scheduler": scheduler.state_dict(),
+            ckpt.save(done, model, optimizer, {"step": done, "skipped": check_nonfinite(done),
+                                               "scheduler": scheduler.state_dict(),
                                                "loader": train_loader.state_dict()})
             throughput.resume()
         faults.maybe_kill(done, env.rank)

@@ -59,7 +59,7 @@ def test_scheduler_steps_once_per_optimizer_step():
     cfg = OptimConfig(lr=1.0, schedule=Schedule.cosine, min_lr_ratio=0.0)
     p = torch.nn.Parameter(torch.zeros(2, 2))
     p.grad = torch.zeros(2, 2)
-    opt = build_optimizer(torch.nn.Linear(2, 2), cfg, torch.device("cpu"))
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
     sched = build_scheduler(opt, cfg, total_steps=3)
     seen = []
     for _ in range(3):

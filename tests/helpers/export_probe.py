@@ -32,7 +32,7 @@ model = build_model(cfg.model, on_meta=not env.is_main)
 state = model.state_dict() if env.is_main else None
 model = parallelize(model, cfg.fsdp, cfg.trainer, env)
 load_full_state(model, state, env)
-optimizer = build_optimizer(model, cfg.optim, env.device)
+optimizer = build_optimizer(model, cfg.optim)
 loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {"sample": 1.0}, 32, 2, 1, env.rank,
                        env.world_size, 0, env.device)
 for _ in range(3):
