@@ -15,7 +15,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from cpt import checkpoint, distributed, faults, tracking
@@ -48,7 +47,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     weights and moments untouched, without the host waiting for the step to finish."""
     loss_sum = torch.zeros((), device=next(model.parameters()).device)
     for i, (inputs, targets) in enumerate(batches):
-        if isinstance(model, FSDPModule):
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 and DDP (replicate); a 1-rank module has none
             model.set_requires_gradient_sync(i == grad_accum - 1)
         with amp:
             loss = lm_loss(model, inputs, targets) / grad_accum
