@@ -86,10 +86,16 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_timeout_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
-    """A 1-minute limit on a job of 40 slow steps (~1 s each): USR2 30 s before the limit, submitit requeues, the job
-    resumes from its last checkpoint, as often as it takes."""
-    sweep_dir = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
-                                 "hydra.launcher.max_num_timeout=6"], env={"CPT_FAULT_SLOW": "1"})
+    """A 2-minute limit on a job of 40 slow steps (>= 2 s each, > 80 s of work): USR2 before the limit, submitit
+    requeues, the job resumes from its last checkpoint, as often as it takes.
+
+    Slurm checks limits every 30 s and sends the warning once now + signal_delay + 30 s >= end (its man page: "up to
+    60 seconds earlier than specified"). With the earlier 1-minute limit and 30 s delay that was right at the start,
+    sometimes before Python had installed submitit's handler, and USR2's default action killed the tasks (a flaky CI
+    failure). A 2-minute limit with a 45 s delay sends it 45-75 s into each attempt (15 s at the documented worst):
+    the handlers are in place, and the first attempt cannot have finished."""
+    sweep_dir = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=45",
+                                 "hydra.launcher.max_num_timeout=6"], env={"CPT_FAULT_SLOW": "2"})
     run_dir = sweep_dir / "0"
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert final_loss(run_dir) == uninterrupted
