@@ -35,7 +35,12 @@ demo: assets
 		cat outputs/demo/eval/report.md
 
 bench: assets
-	$(PY) bench/loop_overhead.py
+	$(PY) bench/vs_hf_trainer.py
+	$(PY) bench/vs_hf_trainer.py --nproc 2 --fsdp no_shard
+	$(PY) bench/vs_bare.py
+	$(PY) bench/fsdp_strategies.py
+	$(PY) bench/profile_step.py
+	$(PY) bench/gpu_mfu.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
 	$(PY) bench/prepare_throughput.py
 	$(PY) bench/checkpoint_resume.py
 

@@ -8,6 +8,7 @@ claims: absolute tokens/s on shared cores move by 10-20% between runs."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(tempfile.gettempdir()) / "cpt-bench-data"
+DATA_ROOT = Path(os.environ.get("CPT_BENCH_DATA", Path(tempfile.gettempdir()) / "cpt-bench-data"))
 
 # Qwen2-architecture models over bytes (vocabulary 512), random init. "tiny" only checks that a script runs.
 SIZES = {
@@ -80,14 +81,15 @@ def cpt_run(overrides: list[str], steps: int, warmup: int, nproc: int = 1) -> di
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cpt.run", *overrides, f"trainer.nproc_per_node={nproc}",
                f"trainer.steps={steps}", f"trainer.log_interval={warmup}", "trainer.eval_interval=0",
-               "trainer.eval_batches=1", "trainer.progress_bar=false", f"hydra.run.dir={tmp}/run"]
+               "trainer.eval_batches=1", "trainer.progress_bar=false", "checkpoint.at_end=false",
+               "export.enabled=false", f"hydra.run.dir={tmp}/run"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
         if proc.returncode:
             sys.exit(f"cpt.run {' '.join(overrides)} failed:\n{proc.stderr[-4000:]}")
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "tokens_per_s" in r][-1]
     return {"tokens_per_s": steady_rate(records), "peak_mem_mib": last["peak_mem_mib"],
-            "state_mib": last["state_mib"]}
+            "state_mib": last["state_mib"], "mfu": last["mfu"] if last["mfu"] is not None else float("nan")}
 
 
 def child_env() -> dict:
@@ -128,10 +130,19 @@ def machine() -> str:
             f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
 
 
-def header(title: str, argv: list[str], reps: int) -> str:
+def header(title: str, argv: list[str], reps: int | None) -> str:
+    """Title with the date, the exact command, the machine and (for comparisons) how many runs each median holds."""
     script = Path(argv[0]).resolve().relative_to(ROOT)
+    runs = f" Median of {reps} alternating runs per side." if reps else ""
     return (f"## {title} — {time.strftime('%Y-%m-%d')}\n\nCommand: `python {' '.join([str(script), *argv[1:]])}`\n\n"
-            f"Machine: {machine()}. Median of {reps} alternating runs per side.\n")
+            f"Machine: {machine()}.{runs}\n")
+
+
+def cell(value: float) -> str:
+    """A number as a table shows it: n/a for NaN (e.g. MFU where no peak FLOP/s is known), 2 decimals below 100."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:,.2f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}"
 
 
 def table(rows: dict[str, dict], columns: dict[str, str]) -> str:
@@ -139,6 +150,6 @@ def table(rows: dict[str, dict], columns: dict[str, str]) -> str:
     lines = ["| side | " + " | ".join(columns.values()) + " | runs (tokens/s) |",
              "|---" * (len(columns) + 2) + "|"]
     for name, r in rows.items():
-        cells = [f"{r[k]:,.2f}" if isinstance(r[k], float) and r[k] < 100 else f"{r[k]:,.0f}" for k in columns]
+        cells = [cell(r[k]) for k in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + ", ".join(f"{v:,.0f}" for v in r["runs"]) + " |")
     return "\n".join(lines)

@@ -27,8 +27,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Fused AdamW, on CPU too (~6x faster than foreach on a 2-core CPU: BENCHMARKS.md). Fused is also what lets the train
-    step skip a non-finite update on the device (`optimizer.found_inf`) without a host sync."""
+    """Fused AdamW, on CPU too (3.5x faster than foreach on a 2-core CPU: bench/profile_step.py, BENCHMARKS.md). Fused
+    is also what lets the train step skip a non-finite update on the device (`optimizer.found_inf`) without a host
+    sync."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              fused=True)
 

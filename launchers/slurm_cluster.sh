@@ -40,7 +40,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024
 ReturnToService=2
 JobRequeue=1
-SchedulerParameters=bf_interval=1,sched_min_interval=0
+SchedulerParameters=bf_interval=1,sched_min_interval=0,sched_interval=2
 MinJobAge=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool

@@ -1,0 +1,66 @@
+"""Throughput and MFU of cpt on one GPU: Qwen2.5-0.5B architecture (random init), seq 2048, bf16, fused AdamW,
+with torch.compile off/on and activation checkpointing off/full.
+
+    python bench/gpu_mfu.py [--batch 4] [--steps 30] [--warmup 10] [--reps 1]
+    python bench/gpu_mfu.py --cpu [--size small]     # the same matrix on CPU at a small size (fp32): checks it runs
+
+Each setting is `python -m cpt.run` in its own process, rotating over the repetitions. On one GPU cpt runs the model
+unwrapped, which is its fastest setting for a model that fits one device: FSDP2 on a 1-rank mesh shards nothing and
+only adds copies through its buffers. bf16 runs under autocast with fp32 master weights and optimizer state.
+The data is the synthetic byte-token corpus of bench/common.py (no download; the GPU machine needs no assets).
+
+MFU = tokens/s x FLOPs/token / peak FLOP/s, FLOPs/token = 6 N + 12 L H d_head T (N parameters with a tied lm_head
+counted twice, L layers, H heads, T = seq_len; cpt.metrics.flops_per_token), peak = the device's dense bf16 peak
+(989 TFLOP/s for an H100 SXM; cpt.metrics.PEAK_FLOPS). It is the `mfu` cpt logs at every log step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+
+from common import SIZES, alternate, cell, cpt_run, data_overrides, header, prepare_data, run_overrides, table
+
+QWEN05B = ["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "model.tokenizer_fallback=null"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="run on CPU at --size instead of the 0.5B model on a GPU")
+    ap.add_argument("--size", default="small", choices=list(SIZES), help="model and batch size with --cpu")
+    ap.add_argument("--batch", type=int, default=4, help="micro-batch on the GPU (sequences of --seq-len tokens)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--compile", default="both", choices=["off", "on", "both"])
+    ap.add_argument("--ac", default="both", choices=["off", "full", "both"], help="activation checkpointing")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10, help="steps excluded from timing (compile happens here)")
+    args = ap.parse_args()
+    prepare_data()
+    if args.cpu:
+        base = [*run_overrides(args.size), "trainer.device=cpu"]
+    else:
+        base = [*QWEN05B, *data_overrides(), f"trainer.seq_len={args.seq_len}",
+                f"trainer.micro_batch_size={args.batch}", "trainer.precision=bf16", "trainer.device=cuda"]
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    acs = {"off": [False], "full": [True], "both": [False, True]}[args.ac]
+
+    def side(compile: bool, ac: bool):
+        overrides = [*base, f"trainer.compile={compile}", f"trainer.activation_checkpointing={ac}"]
+        return lambda: cpt_run(overrides, args.steps, args.warmup)
+
+    sides = {f"compile {'on' if c else 'off'}, AC {'full' if a else 'off'}": side(c, a)
+             for c, a in itertools.product(compiles, acs)}
+    med = alternate(sides, args.reps)
+    where = f"{args.size} model on CPU, fp32" if args.cpu else f"Qwen2.5-0.5B arch, seq {args.seq_len}, batch {args.batch}, bf16, 1 GPU"
+    print(header(f"Throughput and MFU ({where})", sys.argv, args.reps))
+    for row in med.values():
+        row["mfu"] *= 100  # NaN where the peak is unknown (CPU)
+    print(table(med, {"tokens_per_s": "tokens/s", "mfu": "MFU %", "peak_mem_mib": "peak memory MiB"}))
+    best = max(med, key=lambda name: med[name]["tokens_per_s"])
+    print(f"\nfastest: **{best}**, {med[best]['tokens_per_s']:,.0f} tokens/s, MFU {cell(med[best]['mfu'])}%")
+
+
+if __name__ == "__main__":
+    main()

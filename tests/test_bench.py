@@ -1,0 +1,70 @@
+"""The bench/ scripts run at a tiny size and print consistent markdown: both sides measured, the ratio line equal to
+the ratio of the medians in the table, full_shard and shard_grad_op holding about half of no_shard's parameter and
+optimizer state per rank (the FSDP memory test of the suite). No timing is asserted."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ["--size", "tiny", "--reps", "1", "--steps", "6", "--warmup", "2"]
+
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-data")
+
+
+def bench(script: str, args: list[str], data) -> tuple[dict[str, list[str]], str]:
+    env = dict(os.environ, CPT_BENCH_DATA=str(data), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] != "side":
+            rows[cells[0]] = cells[1:]
+    return rows, proc.stdout
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", ""))
+
+
+def ratio(text: str, label: str) -> float:
+    return float(re.search(re.escape(label) + r" = \*\*([0-9.]+)\*\*", text).group(1))
+
+
+@pytest.mark.slow
+def test_vs_bare_and_vs_hf_trainer_report_both_sides(bench_data):
+    rows, out = bench("vs_bare.py", TINY, bench_data)
+    assert set(rows) == {"cpt", "bare"} and all(number(r[0]) > 0 for r in rows.values())
+    assert ratio(out, "cpt / bare tokens/s") == pytest.approx(number(rows["cpt"][0]) / number(rows["bare"][0]), rel=2e-3)
+    rows, out = bench("vs_hf_trainer.py", TINY, bench_data)
+    assert set(rows) == {"cpt", "hf_trainer"} and all(number(r[0]) > 0 for r in rows.values())
+    assert ratio(out, "cpt / HF Trainer tokens/s") == pytest.approx(
+        number(rows["cpt"][0]) / number(rows["hf_trainer"][0]), rel=2e-3)
+    assert "Command: `python bench/vs_hf_trainer.py --size tiny" in out
+
+
+@pytest.mark.slow
+def test_fsdp_strategies_shard_the_state(bench_data):
+    rows, out = bench("fsdp_strategies.py", TINY, bench_data)
+    assert set(rows) == {"full_shard", "shard_grad_op", "no_shard"}
+    state = {name: number(r[1]) for name, r in rows.items()}
+    assert state["full_shard"] == pytest.approx(state["shard_grad_op"])  # both shard parameters and optimizer
+    assert 0.45 <= state["full_shard"] / state["no_shard"] <= 0.55  # 2 ranks: each holds about half
+    assert ratio(out, "full_shard / no_shard params+optimizer memory per rank") <= 0.55
+
+
+def test_gpu_mfu_runs_on_cpu_at_a_small_size(bench_data):
+    rows, out = bench("gpu_mfu.py", ["--cpu", *TINY, "--compile", "off", "--ac", "full"], bench_data)
+    assert set(rows) == {"compile off, AC full"}  # activation checkpointing on the unwrapped 1-rank module
+    assert number(rows["compile off, AC full"][0]) > 0 and "fastest: **compile off, AC full**" in out
