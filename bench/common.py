@@ -7,6 +7,7 @@ claims: absolute tokens/s on shared cores move by 10-20% between runs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -43,6 +44,16 @@ def run_overrides(size: str, data_root: Path = DATA_ROOT) -> list[str]:
             f"model.arch.num_hidden_layers={s['layers']}", f"model.arch.num_attention_heads={s['heads']}",
             f"trainer.seq_len={s['seq']}", f"trainer.micro_batch_size={s['batch']}",
             "optim.lr=1e-3", "trainer.num_threads=1"]
+
+
+def arg_parser(doc: str, reps: int, steps: int = 40, warmup: int = 10) -> argparse.ArgumentParser:
+    """The options every comparison takes: model size, repetitions per side, steps and warm-up steps (untimed)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="small", choices=list(SIZES))
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--warmup", type=int, default=warmup, help="steps excluded from timing")
+    return ap
 
 
 def prepare_data(data_root: Path = DATA_ROOT, docs: int = 400, words: int = 1500) -> None:

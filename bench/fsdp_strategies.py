@@ -10,20 +10,15 @@ no_shard.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from common import alternate, cpt_run, header, prepare_data, run_overrides, table
+from common import alternate, arg_parser, cpt_run, header, prepare_data, run_overrides, table
 
 STRATEGIES = ("full_shard", "shard_grad_op", "no_shard")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap = arg_parser(__doc__, reps=3, steps=30)
     args = ap.parse_args()
     prepare_data()
 

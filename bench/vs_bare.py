@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 
-from common import ROOT, alternate, cpt_run, header, prepare_data, run_child, run_overrides, table
+from common import ROOT, alternate, arg_parser, cpt_run, header, prepare_data, run_child, run_overrides, table
 
 
 def bare(size: str, steps: int, warmup: int) -> dict:
@@ -54,11 +54,7 @@ def bare(size: str, steps: int, warmup: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap = arg_parser(__doc__, reps=5)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

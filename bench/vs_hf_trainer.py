@@ -18,7 +18,7 @@ import resource
 import sys
 import time
 
-from common import ROOT, alternate, cpt_run, header, prepare_data, run_child, run_overrides, table
+from common import ROOT, alternate, arg_parser, cpt_run, header, prepare_data, run_child, run_overrides, table
 
 
 def hf_trainer(size: str, steps: int, warmup: int, fsdp: str, compile: bool) -> dict:
@@ -87,14 +87,10 @@ def hf_trainer(size: str, steps: int, warmup: int, fsdp: str, compile: bool) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="small", choices=["tiny", "small", "medium"])
+    ap = arg_parser(__doc__, reps=5)
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--fsdp", default="full_shard", choices=["full_shard", "shard_grad_op", "no_shard"])
     ap.add_argument("--compile", action="store_true")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

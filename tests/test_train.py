@@ -63,6 +63,15 @@ def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
     assert len(val) == len(ref_val) == 2
 
 
+def test_full_shard_holds_half_the_state_of_no_shard(tmp_path):
+    common = ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.steps=1"]
+    full = read_metrics(run_tiny(tmp_path, "full", [*common, "fsdp=full_shard"]))
+    none = read_metrics(run_tiny(tmp_path, "none", [*common, "fsdp=no_shard"]))
+    state_full = next(r["state_mib"] for r in full if "state_mib" in r)
+    state_none = next(r["state_mib"] for r in none if "state_mib" in r)
+    assert state_full <= 0.55 * state_none
+
+
 def _run_dirs(root):
     return [p for p in (root / "outputs").glob("*/*") if p.is_dir()]
 
