@@ -26,8 +26,8 @@ DATA_ROOT = Path(os.environ.get("CPT_BENCH_DATA", Path(tempfile.gettempdir()) / 
 # Qwen2-architecture models over bytes (vocabulary 512), random init. "tiny" only checks that a script runs.
 SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, inter=256, seq=64, batch=2),
-    "small": dict(hidden=256, layers=4, heads=8, inter=1024, seq=128, batch=4),  # 3.4M parameters
-    "medium": dict(hidden=512, layers=8, heads=8, inter=2048, seq=256, batch=4),  # 25.5M parameters
+    "small": dict(hidden=256, layers=4, heads=8, inter=1024, seq=128, batch=4),  # 3.9M parameters
+    "medium": dict(hidden=512, layers=8, heads=8, inter=2048, seq=256, batch=4),  # 30.7M parameters
 }
 
 
