@@ -55,16 +55,18 @@ def loop_lines() -> range:
     return range(loop.lineno, loop.end_lineno + 1)
 
 
-def phase_of(stack: list[str], lines: range) -> str | None:
-    """The phase of one sampled stack (outermost frame first), or None when it is not inside the training loop."""
+def phase_of(stack: list[str], lines: range) -> tuple[str, int] | None:
+    """The phase of one sampled stack (outermost frame first) and the line of cpt/train.py's loop it was on, or None
+    when the sample is not inside the training loop."""
     at = next((i for i, f in enumerate(stack) if f.startswith("_train (cpt/train.py:")), None)
-    if at is None or int(stack[at].rpartition(":")[2].rstrip(")")) not in lines:
+    line = int(stack[at].rpartition(":")[2].rstrip(")")) if at is not None else None
+    if line not in lines:
         return None
     for frame in stack[at + 1:]:
         for phase, marker in PHASES:
             if marker in frame:
-                return phase
-    return f"{OWN}:{stack[at].rpartition(':')[2].rstrip(')')}"  # the loop's line, to show the costliest
+                return phase, line
+    return OWN, line
 
 
 def profile(size: str, steps: int, rate: int) -> tuple[collections.Counter, collections.Counter]:
@@ -84,12 +86,13 @@ def profile(size: str, steps: int, rate: int) -> tuple[collections.Counter, coll
         lines = loop_lines()
         for line in raw.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
-            phase = phase_of(stack.split(";"), lines)
-            if phase is not None and phase.startswith(OWN):
-                own[int(phase.partition(":")[2])] += int(n)
-                phase = OWN
-            if phase is not None:
-                phases[phase] += int(n)
+            found = phase_of(stack.split(";"), lines)
+            if found is None:
+                continue
+            phase, at = found
+            phases[phase] += int(n)
+            if phase == OWN:
+                own[at] += int(n)
     return phases, own
 
 

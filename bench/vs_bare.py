@@ -65,8 +65,6 @@ def main() -> None:
              "--warmup", str(args.warmup)]
     med = alternate({"cpt": lambda: cpt_run(run_overrides(args.size), args.steps, args.warmup),
                      "bare": lambda: run_child(child)}, args.reps)
-    for side in med.values():
-        side.pop("state_mib", None)
     print(header(f"cpt vs a bare loop ({args.size} model, 1 rank)", sys.argv, args.reps))
     print(table(med, {"tokens_per_s": "tokens/s", "peak_mem_mib": "peak RSS MiB"}))
     print(f"\ncpt / bare tokens/s = **{med['cpt']['tokens_per_s'] / med['bare']['tokens_per_s']:.3f}** (goal >= 0.95)")

@@ -104,8 +104,6 @@ def main() -> None:
     cpt_overrides = [*run_overrides(args.size), f"fsdp={args.fsdp}", f"trainer.compile={args.compile}"]
     med = alternate({"cpt": lambda: cpt_run(cpt_overrides, args.steps, args.warmup, args.nproc),
                      "hf_trainer": lambda: run_child(child)}, args.reps)
-    for side in med.values():
-        side.pop("state_mib", None), side.pop("mfu", None)
     layout = f"{args.nproc} rank{'s' if args.nproc > 1 else ''}" + (f", {args.fsdp}" if args.nproc > 1 else "")
     print(header(f"cpt vs HF Trainer ({args.size} model, {layout}, compile {args.compile})", sys.argv, args.reps))
     print(table(med, {"tokens_per_s": "tokens/s", "peak_mem_mib": "peak memory MiB (rank 0)"}))
