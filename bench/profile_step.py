@@ -28,10 +28,10 @@ from common import ROOT, child_env, header, prepare_data, run_overrides
 
 # (phase, marker): a sample belongs to the first phase whose marker appears in its stack, read from the outside in
 PHASES = [
-    ("validation (excluded)", "validate (cpt/train.py"),
+    ("validation (excluded)", "validate_and_log (cpt/train.py"),
     ("checkpoint (excluded)", "save (cpt/checkpoint.py"),
     ("data", "next_batches (cpt/data/loader.py"),
-    ("forward + loss", "lm_loss (cpt/train.py"),
+    ("forward + loss", "lm_loss (cpt/loss.py"),
     ("backward", "backward (torch/_tensor.py"),
     ("grad norm + clip", "clip_grad_norm_ ("),
     ("optimizer step", "step (torch/optim/"),
@@ -39,7 +39,8 @@ PHASES = [
     ("metrics + logging", "write (cpt/metrics.py"),
     ("metrics + logging", "report (cpt/metrics.py"),
     ("metrics + logging", "global_mean (cpt/train.py"),
-    ("metrics + logging", "check_nonfinite (cpt/train.py"),
+    ("metrics + logging", "check (cpt/train_state.py"),
+    ("metrics + logging", "record (cpt/train_state.py"),
     ("metrics + logging", "advance (cpt/metrics.py"),
 ]
 COMPUTE = {"forward + loss", "backward", "grad norm + clip", "optimizer step"}
@@ -47,11 +48,11 @@ OWN = "loop's own Python"
 
 
 def loop_lines() -> range:
-    """The source lines of the `for step in ...` loop of cpt.train._train: samples whose _train frame is elsewhere
+    """The source lines of the `while state.step < ...` loop of cpt.train._train: samples whose _train frame is elsewhere
     are setup (model, data, process group) or teardown (export) and are not counted."""
     tree = ast.parse((ROOT / "cpt" / "train.py").read_text())
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_train")
-    loop = next(n for n in ast.walk(fn) if isinstance(n, ast.For) and getattr(n.target, "id", None) == "step")
+    loop = next(n for n in ast.walk(fn) if isinstance(n, ast.While))
     return range(loop.lineno, loop.end_lineno + 1)
 
 

@@ -2,14 +2,16 @@
 
 Layout under `<run dir>/<checkpoint.dir>/`:
   step-00000100/        one complete checkpoint: DCP shards of {"model", "optim"} (every rank writes its own,
-                        nothing is gathered), trainer.pt (step, tokens, LR schedule, loader position),
-                        rng-<rank>.pt (each rank's RNG states), config.yaml, and meta.json, written last
+                        nothing is gathered), trainer.pt (the state_dict of every object registered with the
+                        Checkpointer, by name: train state, LR schedule, loader position), rng-<rank>.pt (each rank's
+                        RNG states), config.yaml, and meta.json, written last
   latest                the name of the newest complete checkpoint, replaced atomically after it is complete
   .tmp-step-00000100/   a checkpoint being written; renamed to step-... only when complete, so a crash leaves
                         the previous checkpoints valid; leftovers are deleted at the next start
 
 Resharding comes from DCP: a checkpoint written by N ranks loads on M. The loader position is a few integers, so
-resuming at any step costs the same (no batches are replayed).
+resuming at any step costs the same (no batches are replayed). Every file outside the DCP shards holds tensors and
+plain types only and is loaded with `weights_only=True`: a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import time
@@ -29,14 +32,17 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.stateful import Stateful
 
 from cpt import faults
 from cpt.config import CheckpointConfig
+from cpt.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
 META = "meta.json"
+TRAINER_STATE = "trainer.pt"
 
 
 def step_name(step: int) -> str:
@@ -79,43 +85,67 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Optional[Path]:
                             "give a step-* directory, a run directory, 'auto' or 'none'")
 
 
-def _all_finite(model: nn.Module) -> bool:
-    ok = torch.tensor([1.0])
+def all_finite(model: nn.Module) -> bool:
+    """True when every rank's parameters are finite: one reduction per rank, not one host sync per parameter."""
+    bad = torch.zeros((), device=next(model.parameters()).device)
     for p in model.parameters():
         local = p.to_local() if hasattr(p, "to_local") else p
-        if not torch.isfinite(local.detach()).all():
-            ok.zero_()
-            break
-    dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
+        bad += (~torch.isfinite(local.detach())).sum()
+    flag = (bad > 0).float().cpu()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not bool(flag.item())
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+def rng_state() -> dict:
+    """This process's RNG states as tensors and plain types (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class Checkpointer:
-    """Saves every `interval` steps and at the end, keeps the last `keep_last`, optionally asynchronously."""
+def safe_load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain types: a checkpoint is data, never code to run."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain Python types, which unpickling "
+            f"could use to run code ({str(e).splitlines()[0][:200]}). cpt never writes such files: take the "
+            "checkpoint from a source you trust, or start fresh with resume=none") from None
 
-    def __init__(self, cfg: CheckpointConfig, run_dir: Path, config_yaml: Optional[Path], rank: int, world: int):
-        self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, config_yaml
-        self.rank, self.world = rank, world
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file that could execute code when loaded."""
+
+
+class Checkpointer:
+    """Saves and restores a run's registered state: the model and optimizer (DCP, sharded) and named stateful objects
+    (anything with state_dict / load_state_dict of tensors and plain types: scheduler, loader, train state). Saves
+    every `interval` steps and at the end, keeps the last `keep_last`, optionally asynchronously."""
+
+    def __init__(self, cfg: CheckpointConfig, run_dir: Path, env: DistEnv, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, states: dict[str, Stateful]):
+        self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, run_dir / "config.yaml"
+        self.rank, self.world = env.rank, env.world_size
+        self.model, self.optimizer, self.states = model, optimizer, states
         self.pending: Optional[tuple[Any, Path, int]] = None  # (future, tmp dir, step) of an async save
         # an async save runs collectives from a background thread: they need their own group, or they interleave
         # with training's collectives on the default one
         self.group = dist.new_group(backend="gloo") if cfg.async_save else None
-        if rank == 0:
+        if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for partial in self.root.glob(".tmp-*"):
                 log.warning("removing the partial checkpoint %s (a save was interrupted)", partial)
@@ -125,10 +155,10 @@ class Checkpointer:
     def due(self, step: int, last: int) -> bool:
         return (self.cfg.interval > 0 and step % self.cfg.interval == 0) or (step == last and self.cfg.at_end)
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict) -> None:
+    def save(self, step: int) -> None:
         """Collective. Refuses non-finite weights; the checkpoint appears only when complete."""
         self.wait()
-        if not _all_finite(model):
+        if not all_finite(self.model):
             raise RuntimeError(f"step {step}: the model holds NaN/inf weights; refusing to write a checkpoint "
                                f"(the last good one stays in {self.root})")
         start = time.perf_counter()
@@ -137,21 +167,45 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        sharded = {"model": model_sd, "optim": optim_sd}
+        torch.save(rng_state(), tmp / f"rng-{self.rank}.pt")
         if self.rank == 0:
-            torch.save(trainer_state, tmp / "trainer.pt")
-            if self.config_yaml is not None and self.config_yaml.is_file():
+            torch.save({name: obj.state_dict() for name, obj in self.states.items()}, tmp / TRAINER_STATE)
+            if self.config_yaml.is_file():
                 shutil.copy(self.config_yaml, tmp / "config.yaml")
         if self.cfg.async_save:
-            future = dcp.async_save(state, checkpoint_id=str(tmp), process_group=self.group)
+            future = dcp.async_save(sharded, checkpoint_id=str(tmp), process_group=self.group)
             self.pending = (future, tmp, step)
             log.info("checkpoint %s: staged in %.2f s, writing in the background", step_name(step),
                      time.perf_counter() - start)
         else:
-            dcp.save(state, checkpoint_id=str(tmp))
+            dcp.save(sharded, checkpoint_id=str(tmp))
             self._finish(tmp, step, start)
+
+    def load(self, path: Path) -> None:
+        """Restore everything registered from a complete checkpoint: model + optimizer resharded to this world size,
+        each named state, and the RNG states when the world size matches."""
+        start = time.perf_counter()
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        sharded = {"model": model_sd, "optim": optim_sd}
+        dcp.load(sharded, checkpoint_id=str(path))
+        set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optim"])
+        saved = safe_load(path / TRAINER_STATE)
+        missing = set(self.states) - set(saved)
+        if missing:
+            raise ValueError(f"checkpoint {path} holds no state for {sorted(missing)} (it has {sorted(saved)}): it was "
+                             "written by another version of cpt; start fresh with resume=none")
+        for name, obj in self.states.items():
+            obj.load_state_dict(saved[name])
+        meta = json.loads((path / META).read_text())
+        rng = path / f"rng-{self.rank}.pt"
+        if meta["world_size"] == self.world and rng.is_file():
+            set_rng_state(safe_load(rng))
+        else:
+            log.warning("checkpoint %s was written by %d ranks, this run has %d: RNG states start fresh",
+                        path.name, meta["world_size"], self.world)
+        log.info("resumed from %s (step %d) in %.2f s", path, meta["step"], time.perf_counter() - start)
 
     def wait(self) -> None:
         """Complete an asynchronous save (every rank), then publish it."""
@@ -184,23 +238,3 @@ class Checkpointer:
         complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p))
         for old in complete[: max(0, len(complete) - self.cfg.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int, world: int) -> dict:
-    """Restore model + optimizer (resharded to this world size), RNG (when the world size matches) and return the
-    trainer state (step, tokens, scheduler, loader)."""
-    start = time.perf_counter()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    meta = json.loads((path / META).read_text())
-    rng = path / f"rng-{rank}.pt"
-    if meta["world_size"] == world and rng.is_file():
-        _set_rng_state(torch.load(rng, weights_only=False))
-    else:
-        log.warning("checkpoint %s was written by %d ranks, this run has %d: RNG states start fresh",
-                    path.name, meta["world_size"], world)
-    trainer_state = torch.load(path / "trainer.pt", weights_only=False)
-    log.info("resumed from %s (step %d) in %.2f s", path, trainer_state["step"], time.perf_counter() - start)
-    return trainer_state

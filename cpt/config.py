@@ -105,7 +105,8 @@ class FSDPConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    """AdamW (fused), its learning-rate schedule and gradient clipping."""
+
     lr: float = 3e-4
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8

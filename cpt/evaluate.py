@@ -12,46 +12,36 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from cpt.checkpoint import META
 from cpt.config import EvalConfig, to_run_config, validate_eval
-from cpt.data.loader import TokenStream, num_windows, to_batch
+from cpt.data.loader import TokenStream, num_windows
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
 from cpt.distributed import resolve_device
 from cpt.export import export_checkpoint
+from cpt.heldout import perplexity, summed_loss
 from cpt.logs import setup_logging
 from cpt.tokenizer import HFTokenizer, identity, same_ids
 
 log = logging.getLogger("cpt.evaluate")
 
 
-@torch.no_grad()
-def perplexity(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_size: int, max_tokens: int | None,
-               device: torch.device) -> dict:
-    """Mean next-token loss over non-overlapping windows from the start of the stream."""
+def score(model: torch.nn.Module, stream: TokenStream, seq_len: int, batch_size: int, max_tokens: int | None,
+          device: torch.device) -> dict:
+    """Mean next-token loss over the first non-overlapping windows of the stream (cpt.heldout, as validation in
+    training)."""
     windows = num_windows(stream, seq_len)
     if max_tokens is not None:
         windows = min(windows, max(1, max_tokens // seq_len))
-    total, count = 0.0, 0
-    for first in range(0, windows, batch_size):
-        rows = [stream.read(i * seq_len, seq_len + 1) for i in range(first, min(windows, first + batch_size))]
-        inputs, targets = to_batch(np.stack(rows), device)
-        logits = model(input_ids=inputs, use_cache=False).logits
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
-    if count == 0:
-        raise ValueError(f"fewer than seq_len+1={seq_len + 1} tokens to evaluate: lower seq_len")
-    loss = total / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}
+    total, count = summed_loss(model, stream, range(windows), seq_len, batch_size, device).tolist()
+    return {"loss": total / count, "ppl": perplexity(total / count), "tokens": int(count)}
 
 
 def load_model(path: str, manifest: dict, device: torch.device, scratch: Path) -> torch.nn.Module:
@@ -102,10 +92,20 @@ def markdown(results: dict, changes: dict, baseline: str, domain: str) -> str:
 def evaluate(cfg: EvalConfig, out: Path) -> dict:
     validate_eval(cfg)
     device = torch.device(resolve_device(cfg.device))
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    # one process: all cores unless told otherwise (OMP_NUM_THREADS=1, as the Makefile exports for its ranks, would
+    # otherwise leave it on one thread)
+    torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
     manifest = load_manifest_file(cfg.data)
-    streams = open_streams(cfg.data, manifest, cfg.split)
+    streams, skipped = {}, {}
+    for source, stream in open_streams(cfg.data, manifest, cfg.split).items():
+        if num_windows(stream, cfg.seq_len) > 0:
+            streams[source] = stream
+        else:  # decided before any model is scored: the same sets for every model
+            skipped[source] = f"{len(stream)} {cfg.split} tokens, fewer than one window of seq_len+1={cfg.seq_len + 1}"
+            log.warning("set %s skipped: %s (lower seq_len or hold out more text)", source, skipped[source])
+    if not streams:
+        raise ValueError(f"no set of data '{cfg.data.name}' has one window of seq_len+1={cfg.seq_len + 1} "
+                         f"{cfg.split} tokens ({skipped}): lower seq_len")
     baseline = cfg.baseline or next(iter(cfg.models))
     domain = cfg.domain or cfg.data.sources[0].name
     results: dict = {}
@@ -113,7 +113,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
     for name, path in cfg.models.items():
         start = time.perf_counter()
         model = load_model(path, manifest, device, out / "exported")
-        results[name] = {source: perplexity(model, stream, cfg.seq_len, cfg.batch_size, cfg.max_tokens, device)
+        results[name] = {source: score(model, stream, cfg.seq_len, cfg.batch_size, cfg.max_tokens, device)
                          for source, stream in streams.items()}
         log.info("%s (%s): %s in %.1f s", name, path,
                  ", ".join(f"{s} ppl {r['ppl']:.3f}" for s, r in results[name].items()), time.perf_counter() - start)
@@ -121,9 +121,10 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
     changes = compare(results, baseline, domain)
     report = {"data": cfg.data.name, "data_dir": str(data_dir(cfg.data).resolve()), "split": cfg.split,
               "seq_len": cfg.seq_len, "max_tokens": cfg.max_tokens, "models": dict(cfg.models), "baseline": baseline,
-              "domain": domain, "results": results, "changes": changes}
+              "domain": domain, "results": results, "changes": changes, "skipped": skipped}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     table = markdown(results, changes, baseline, domain)
+    table += "".join(f"\nNot scored: {source} ({why}).\n" for source, why in skipped.items())
     (out / "report.md").write_text(f"# Held-out perplexity on '{cfg.data.name}' ({cfg.split})\n\n{table}")
     print(table, flush=True)
     log.info("report: %s", out / "report.md")

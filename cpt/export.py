@@ -126,6 +126,9 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from cpt.checkpoint import resolve_resume
+    from cpt.cli import UserError, user_errors
+
     p = argparse.ArgumentParser(prog="python -m cpt.export",
                                 description="Turn a cpt checkpoint into a transformers model directory.")
     p.add_argument("checkpoint", type=Path, help="a checkpoints/step-* directory, or a run directory (its latest)")
@@ -134,9 +137,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = export_checkpoint(args.checkpoint, args.out)
-    if args.push_to_hub:
-        push(out, args.push_to_hub, private=not args.public)
+    with user_errors():
+        try:  # a missing or incomplete checkpoint is the user's to fix, not a crash
+            found = resolve_resume(str(args.checkpoint), args.checkpoint)
+        except FileNotFoundError:
+            found = None
+        if found is None:
+            raise UserError(f"{args.checkpoint}: neither a complete checkpoint nor a run directory that holds one: "
+                            "give a checkpoints/step-* directory or a run directory")
+        out = export_checkpoint(args.checkpoint, args.out)
+        if args.push_to_hub:
+            push(out, args.push_to_hub, private=not args.public)
     print(out)
 
 

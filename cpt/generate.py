@@ -8,10 +8,11 @@ pretraining on raw documents teaches). Seeded: the same command gives the same t
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+
+from cpt.cli import UserError, user_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,9 @@ def load(model_path: str, device: str):
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
     except OSError as e:
-        sys.exit(f"cannot load '{model_path}': {e}\nGive a directory written by cpt's export (<run dir>/hf).")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model '{model_path}': {first} Give a directory written by cpt's export "
+                        "(<run dir>/hf) or a hub id.") from e
     return model, tokenizer
 
 
@@ -64,6 +67,7 @@ def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+@user_errors()
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model, tokenizer = load(args.model, args.device)

@@ -1,5 +1,6 @@
-"""The only place that knows FSDP2, device meshes, mixed precision, activation checkpointing and compile.
-`parallelize()` takes a plain transformers module and returns it sharded, in place. Where nothing is sharded the
+"""The only place that knows FSDP2, device meshes, mixed precision, activation checkpointing, compile and meta-device
+init. `build_parallel_model()` builds a plain transformers module (cpt.model) on every rank and returns it sharded and
+holding rank 0's weights. Where nothing is sharded the
 cheaper tool runs: one rank keeps the module plain (FSDP2 on a 1-rank mesh only copies through its buffers, ~10%
 slower) and no_shard replicates it with DDP (composable `replicate`: bucketed all-reduce overlapped with backward,
 instead of FSDP's one collective per block). Unsharded modules compute bf16 under autocast with fp32 weights."""
@@ -11,14 +12,17 @@ import warnings
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed._composable.replicate import replicate
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from cpt.config import FSDPConfig, Precision, Strategy, TrainerConfig
+from cpt.config import FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
 from cpt.distributed import DistEnv
+from cpt.model import build_model
 
 log = logging.getLogger(__name__)
 
@@ -74,24 +78,46 @@ def autocast(model: nn.Module, precision: Precision, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env: DistEnv) -> nn.Module:
-    """Activation checkpointing and compile per block, then fully_shard each block and the root."""
+def build_parallel_model(cfg: RunConfig, env: DistEnv) -> nn.Module:
+    """The model of every rank, ready to train, in one sequence: rank 0 builds the real model (pretrained or random
+    init), the others its structure on the meta device (no memory) -> activation checkpointing and compile per block
+    -> shard (FSDP2) -> meta-built ranks allocate their own shards and re-tie the embeddings -> buffers (rotary
+    frequencies) go where compute runs, on every rank -> rank 0's weights and buffers are broadcast (DDP: replicate).
+    """
+    fsdp, trainer = cfg.fsdp, cfg.trainer
+    model = build_model(cfg.model, on_meta=not env.is_main)
+    full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
     dtype = compute_dtype(trainer.precision, env.device)
-    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if fsdp.cpu_offload else OffloadPolicy()
     wrap = uses_fsdp(fsdp, env)
-    mesh = build_mesh(fsdp, env) if wrap else None
-    reshard = fsdp.strategy != Strategy.shard_grad_op
-
-    on_meta = next(model.parameters()).is_meta  # weights arrive later: load_full_state()
-    if on_meta:
-        pass
-    elif fsdp.cpu_offload:  # parameters stay in host memory; buffers (rotary frequencies) go where compute runs
-        for module in model.modules():
-            for name, buf in module.named_buffers(recurse=False):
-                module._buffers[name] = buf.to(env.device)
+    if env.is_main and not wrap:
+        model.to(env.device)  # FSDP moves (and shards) each block itself: rank 0 never holds the whole model there
+    blocks = wrap_blocks(model, trainer)
+    if wrap:
+        mesh = shard(model, blocks, fsdp, dtype, env)
+    if not env.is_main:
+        model.to_empty(device="cpu" if fsdp.cpu_offload else env.device)
+        if not wrap:  # to_empty gives every module its own tensor: tie lm_head to the embedding again
+            model.tie_weights()
+    for module in model.modules():  # offload keeps parameters in host memory, never the buffers
+        for name, buf in module.named_buffers(recurse=False):
+            module._buffers[name] = buf.to(env.device)
+    if wrap:
+        how = f"FSDP2 {fsdp.strategy.value} on mesh {tuple(mesh.shape)}"
+    elif env.world_size > 1:
+        replicate(model, device_id=env.device, broadcast_buffers=False, gradient_as_bucket_view=True)
+        how = f"no_shard: DDP over {env.world_size} ranks"
     else:
-        model.to(env.device)
+        how = "1 rank: no FSDP wrap (nothing to shard)"
+    if env.world_size > 1:
+        load_full_state(model, full_state, env)
+    log.info("%s, compute %s, activation checkpointing %s, compile %s, cpu offload %s", how,
+             str(dtype).removeprefix("torch."), trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload)
+    return model
+
+
+def wrap_blocks(model: nn.Module, trainer: TrainerConfig) -> list[nn.Module]:
+    """Activation checkpointing and compile, per decoder block, in place; returns the blocks as they now are."""
+    blocks = []
     for layer in decoder_layers(model):
         block = layer
         if trainer.activation_checkpointing:
@@ -100,32 +126,26 @@ def parallelize(model: nn.Module, fsdp: FSDPConfig, trainer: TrainerConfig, env:
             block.compile()
         if block is not layer:
             _replace(model, layer, block)
-        if wrap:
-            fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
-    if wrap:  # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
-        fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
-    if on_meta:
-        model.to_empty(device="cpu" if fsdp.cpu_offload else env.device)
-        if not wrap:  # to_empty gives every module its own tensor: tie lm_head to the embedding again
-            model.tie_weights()
-    if wrap:
-        how = f"FSDP2 {fsdp.strategy.value} on mesh {tuple(mesh.shape)}"
-    elif env.world_size > 1:  # rank 0's weights arrive by load_full_state() before the first forward
-        replicate(model, device_id=env.device, broadcast_buffers=False, gradient_as_bucket_view=True)
-        how = f"no_shard: DDP over {env.world_size} ranks"
-    else:
-        how = "1 rank: no FSDP wrap (nothing to shard)"
-    log.info("%s, compute %s, activation checkpointing %s, compile %s, cpu offload %s", how,
-             str(dtype).removeprefix("torch."), trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload)
-    return model
+        blocks.append(block)
+    return blocks
+
+
+def shard(model: nn.Module, blocks: list[nn.Module], fsdp: FSDPConfig, dtype: torch.dtype, env: DistEnv) -> DeviceMesh:
+    """fully_shard each block, then the root; returns the mesh."""
+    mesh = build_mesh(fsdp, env)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if fsdp.cpu_offload else OffloadPolicy()
+    reshard = fsdp.strategy != Strategy.shard_grad_op
+    for block in blocks:
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
+    # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
+    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
+    return mesh
 
 
 def load_full_state(model: nn.Module, state: dict[str, torch.Tensor] | None, env: DistEnv) -> None:
     """Fill a sharded model from rank 0's full state dict: rank 0 sends, every rank keeps its own shard. Buffers
     that are not in a state dict (rotary frequencies) are sent as well, so meta-built ranks get rank 0's values."""
-    import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, state if env.is_main else {}, options=options)
     for _, buf in sorted(model.named_buffers()):

@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cpt.cli import user_errors
 from cpt.config import DataConfig, RunConfig, to_run_config, validate_data
 from cpt.data.clean import clean_text, length_problem
 from cpt.data.convert import FileError, convert_file, detect_format, expand_paths
@@ -53,33 +54,32 @@ def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Pat
     docs_dir.mkdir(parents=True)
     dedup = Deduplicator()
     total = sum(len(paths) for paths in files.values())
-    bar = tqdm(total=total, desc="convert", unit="file", mininterval=1.0)
-    for source in cfg.sources:
-        dedup_cfg = source.dedup or cfg.dedup
-        outs = {split: open(docs_dir / f"{source.name}.{split}.jsonl", "w", encoding="utf-8") for split in SPLITS}
-        for path in files[source.name]:
-            entry = report.file(source.name, path, source.format)
-            try:
-                entry["format"] = fmt = detect_format(path, source.format)
-                on_error = lambda line, msg, entry=entry: report.record_error(entry, line, msg)
-                for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
-                    text = clean_text(record.pop("text"), cfg.clean)
-                    doc_id = f"{source.name}:{path.name}#{n}"
-                    reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
-                    if reason:
-                        report.drop(entry, reason)
-                        continue
-                    split = split_of(text, cfg.val_fraction)
-                    doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record}
-                    outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
-                    report.keep(entry, split)
-            except FileError as e:
-                report.file_failed(entry, str(e))
-            bar.update(1)
-            bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
-        for out in outs.values():
-            out.close()
-    bar.close()
+    with tqdm(total=total, desc="convert", unit="file", mininterval=1.0) as bar:  # closed on errors too
+        for source in cfg.sources:
+            dedup_cfg = source.dedup or cfg.dedup
+            outs = {split: open(docs_dir / f"{source.name}.{split}.jsonl", "w", encoding="utf-8") for split in SPLITS}
+            for path in files[source.name]:
+                entry = report.file(source.name, path, source.format)
+                try:
+                    entry["format"] = fmt = detect_format(path, source.format)
+                    on_error = lambda line, msg, entry=entry: report.record_error(entry, line, msg)
+                    for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
+                        text = clean_text(record.pop("text"), cfg.clean)
+                        doc_id = f"{source.name}:{path.name}#{n}"
+                        reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
+                        if reason:
+                            report.drop(entry, reason)
+                            continue
+                        split = split_of(text, cfg.val_fraction)
+                        doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record}
+                        outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
+                        report.keep(entry, split)
+                except FileError as e:
+                    report.file_failed(entry, str(e))
+                bar.update(1)
+                bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
+            for out in outs.values():
+                out.close()
 
 
 def prepare(cfg: RunConfig) -> Path:
@@ -98,14 +98,32 @@ def prepare(cfg: RunConfig) -> Path:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        dtype, sources = build(d, files, tokenizer, tmp)
+        tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
+        manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
+                    "seconds": round(time.perf_counter() - start, 2), "sources": sources}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except BaseException:  # any failure (Ctrl-C too) leaves no temporary directory behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in(tmp, out)
+    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s); report: %s", out, tokens, manifest["seconds"],
+             tokens / max(manifest["seconds"], 1e-9), out / "report.json")
+    return out
+
+
+def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path) -> tuple[str, dict]:
+    """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split)."""
     report = PrepareReport(d.strict)
     convert_sources(d, files, tmp / "docs", report)
     report.log_summary()
     if not report.kept:
-        raise PrepareError(f"no document survived conversion and filtering; see {tmp / 'report.json'}")
+        raise PrepareError("no document survived conversion and filtering: see the problems logged above")
 
     dtype = token_dtype(len(tokenizer))
-    sources = {}
+    sources: dict = {}
     for source in d.sources:
         sources[source.name] = {}
         for split in SPLITS:
@@ -115,16 +133,8 @@ def prepare(cfg: RunConfig) -> Path:
             log.info("source %s %s: %d documents, %d tokens, %d shards", source.name, split, entry["docs"],
                      entry["tokens"], len(entry["shards"]))
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
-    manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
-                "seconds": round(time.perf_counter() - start, 2), "sources": sources}
     report.save(tmp / "report.json")
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    swap_in(tmp, out)
-    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s); report: %s", out, tokens, manifest["seconds"],
-             tokens / max(manifest["seconds"], 1e-9), out / "report.json")
-    return out
+    return dtype, sources
 
 
 def swap_in(tmp: Path, out: Path) -> None:
@@ -137,6 +147,7 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+@user_errors()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -62,10 +62,14 @@ COLUMNS = ["job", "overrides", "status", "steps", "final_loss", "best_val_loss",
            "tokens_per_s"]
 
 
-def _fmt(v) -> str:
+# how report.md shows numbers (report.csv keeps full precision)
+_FORMATS = {"final_loss": "{:.4f}", "best_val_loss": "{:.4f}", "best_val_ppl": "{:,.2f}", "tokens_per_s": "{:,.0f}"}
+
+
+def _fmt(column: str, v) -> str:
     if v is None:
         return "—"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return _FORMATS[column].format(v) if column in _FORMATS else str(v)
 
 
 def write_tables(jobs: list[dict], out: Path) -> None:
@@ -75,7 +79,7 @@ def write_tables(jobs: list[dict], out: Path) -> None:
         writer.writerows(jobs)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for i, job in enumerate(jobs):
-        cells = [_fmt(job[c]) for c in COLUMNS]
+        cells = [_fmt(c, job[c]) for c in COLUMNS]
         if i == 0 and job["best_val_loss"] is not None:
             cells[0] = f"**{cells[0]}** (best)"
         lines.append("| " + " | ".join(cells) + " |")

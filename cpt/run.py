@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from cpt import distributed
-from cpt.config import RunConfig, to_run_config, validate
+from cpt.cli import UserError, user_errors
+from cpt.config import DataConfig, RunConfig, to_run_config, validate
 from cpt.logs import setup_logging
 
 log = logging.getLogger("cpt.run")
@@ -83,7 +84,18 @@ def wandb_naming(cfg: DictConfig) -> None:
             cfg.logger.name = hc.job.override_dirname or hc.job.name
 
 
+def check_prepared(cfg: DataConfig) -> None:
+    """Missing or unusable prepared data is the user's to fix: say so before building anything."""
+    from cpt.data.manifest import load_manifest_file
+
+    try:
+        load_manifest_file(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from e
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@user_errors()
 def main(cfg: DictConfig) -> Optional[float]:
     adopt_submitit_rank()
     wandb_naming(cfg)
@@ -92,6 +104,7 @@ def main(cfg: DictConfig) -> Optional[float]:
     if distributed.launched_as_rank():
         rank, _, world, local_world = distributed.env_world()
         validate(run_cfg, world, local_world)
+        check_prepared(run_cfg.data)
         if rank == 0:
             write_resolved(cfg, run_dir)
         from cpt.train import train
@@ -100,6 +113,8 @@ def main(cfg: DictConfig) -> Optional[float]:
 
     nproc = run_cfg.trainer.nproc_per_node
     validate(run_cfg, nproc, nproc)
+    if nproc == 1:  # N local ranks: torch elastic reports the error each rank raises
+        check_prepared(run_cfg.data)
     setup_logging(run_dir, rank=0)
     write_resolved(cfg, run_dir)
     log.info("run directory %s", run_dir)

@@ -5,37 +5,33 @@ schedule) with metrics at log steps and validation at eval steps."""
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from cpt import checkpoint, distributed, faults, tracking
+from cpt import distributed, faults, tracking
 from cpt.checkpoint import Checkpointer, resolve_resume
-from cpt.config import NonFinite, RunConfig
-from cpt.data.loader import MixtureLoader, TokenStream, eval_batches, eval_windows_per_rank
+from cpt.config import RunConfig, TrainerConfig
+from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.manifest import load_manifest, open_streams
-from cpt.logs import setup_logging
-from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
 from cpt.export import export_model
-from cpt.model import build_model, check_vocab, check_weights_loaded, count_params
+from cpt.heldout import perplexity, rank_windows, summed_loss
+from cpt.logs import setup_logging
+from cpt.loss import lm_loss
+from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
+from cpt.model import check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
-from cpt.parallelize import autocast, compute_dtype, load_full_state, parallelize
+from cpt.parallelize import autocast, build_parallel_model, compute_dtype
 from cpt.tokenizer import build_tokenizer
+from cpt.train_state import NonFiniteGuard, TrainState
 
 log = logging.getLogger(__name__)
-
-
-def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    logits = model(input_ids=inputs, use_cache=False).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
@@ -45,7 +41,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
     was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
     weights and moments untouched, without the host waiting for the step to finish."""
-    loss_sum = torch.zeros((), device=next(model.parameters()).device)
+    loss_sum = None
     for i, (inputs, targets) in enumerate(batches):
         if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 and DDP (replicate); a 1-rank module has none
             model.set_requires_gradient_sync(i == grad_accum - 1)
@@ -54,7 +50,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
         if inject_nan:
             loss = loss * float("nan")
         loss.backward()
-        loss_sum += loss.detach()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     params = [p for p in model.parameters() if p.grad is not None]
     if grad_clip is not None:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
@@ -67,19 +63,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     return loss_sum, grad_norm, nonfinite
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, streams: dict[str, TokenStream], t, env: distributed.DistEnv, amp=nullcontext()
-             ) -> dict[str, float]:
-    """Mean token loss on each source's validation windows (all ranks) and over all of them ("all")."""
-    model.eval()
-    totals = torch.zeros(len(streams), 2, dtype=torch.float64, device=env.device)
-    for i, stream in enumerate(streams.values()):
-        for inputs, targets in eval_batches(stream, t.seq_len, t.micro_batch_size, env.rank, env.world_size,
-                                            t.eval_batches, env.device):
-            with amp:
-                totals[i, 0] += lm_loss(model, inputs, targets, reduction="sum").double()
-            totals[i, 1] += targets.numel()
-    model.train()
+def validation_losses(model: nn.Module, streams: dict[str, TokenStream], t: TrainerConfig, env: distributed.DistEnv,
+                      amp=nullcontext()) -> dict[str, float]:
+    """Mean token loss on each source's validation windows, summed over all ranks, and over all of them ("all")."""
+    totals = torch.stack([
+        summed_loss(model, stream, rank_windows(stream, t.seq_len, env.rank, env.world_size,
+                                                t.eval_batches * t.micro_batch_size),
+                    t.seq_len, t.micro_batch_size, env.device, amp)
+        for stream in streams.values()])
     dist.all_reduce(totals)
     losses = {name: (totals[i, 0] / totals[i, 1]).item() for i, name in enumerate(streams) if totals[i, 1] > 0}
     losses["all"] = (totals[:, 0].sum() / totals[:, 1].sum()).item()
@@ -106,113 +97,78 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     torch.manual_seed(t.seed)
     tokenizer = build_tokenizer(cfg.model)
     manifest = load_manifest(cfg.data, tokenizer)
-    # rank 0 holds the real weights; the others build on the meta device and receive their shards from it
-    model = build_model(cfg.model, on_meta=not env.is_main)
-    full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
+    model = build_parallel_model(cfg, env)
     check_vocab(model, tokenizer)
     vocab_size = model.get_input_embeddings().num_embeddings
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
-
-    model = parallelize(model, cfg.fsdp, t, env)
-    if env.world_size > 1:
-        load_full_state(model, full_state, env)
-        del full_state
     amp = autocast(model, t.precision, env.device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {s.name: s.weight for s in cfg.data.sources},
                                  t.seq_len, t.micro_batch_size, t.grad_accum, env.rank, env.world_size, t.seed,
                                  env.device)
-    val_streams = {name: stream for name, stream in open_streams(cfg.data, manifest, "val").items()
-                   if eval_windows_per_rank(stream, t.seq_len, env.world_size, 1) > 0}
-    for name in set(manifest["sources"]) & {s.name for s in cfg.data.sources} - set(val_streams):
-        log.warning("source %s: too little validation text for one window per rank: not validated", name)
-    if not val_streams:
-        raise ValueError(
-            f"prepared data '{cfg.data.name}' has too little validation text for one window of trainer.seq_len="
-            f"{t.seq_len} per rank on {env.world_size} ranks: raise data.val_fraction or shorten trainer.seq_len"
-        )
-
+    val_streams = validation_streams(cfg, manifest, env)
     tokens_per_step = train_loader.global_batch * t.seq_len
     peak = peak_flops(env.device, compute_dtype(t.precision, env.device), t.peak_flops)
     if peak is None:
         log.info("MFU unavailable: no peak FLOP/s known for %s (set trainer.peak_flops)", env.device)
     log.info("%d ranks, global batch %d x %d tokens = %d tokens/step, %d steps",
              env.world_size, train_loader.global_batch, t.seq_len, tokens_per_step, t.steps)
-    ckpt = Checkpointer(cfg.checkpoint, run_dir, run_dir / "config.yaml", env.rank, env.world_size)
-    start, skipped = 0, 0
+
+    state = TrainState()
+    guard = NonFiniteGuard(t.on_nonfinite, env.device, run_dir / cfg.checkpoint.dir)
+    ckpt = Checkpointer(cfg.checkpoint, run_dir, env, model, optimizer,
+                        states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader})
     resume_from = resolve_resume(cfg.resume, ckpt.root)
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, env.rank, env.world_size)
-        scheduler.load_state_dict(state["scheduler"])
-        train_loader.load_state_dict(state["loader"])
-        start, skipped = state["step"], state["skipped"]
+        ckpt.load(resume_from)
     tracker = None
     if env.is_main and cfg.logger.wandb:
         tracker = tracking.start(cfg.logger, run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()))
-    sink = MetricsSink(run_dir, t.steps, start, t.progress_bar, env.is_main, tracker)
+    sink = MetricsSink(run_dir, t.steps, state.step, t.progress_bar, env.is_main, tracker)
 
-    def validate(step: int) -> float:
-        losses = evaluate(model, val_streams, t, env, amp)
-        record = {"step": step, "val_loss": losses["all"], "val_ppl": math.exp(min(losses["all"], 50.0))}
+    def validate_and_log(step: int) -> float:
+        losses = validation_losses(model, val_streams, t, env, amp)
+        record = {"step": step, "val_loss": losses["all"], "val_ppl": perplexity(losses["all"])}
         if len(val_streams) > 1:
             record.update({f"val_loss/{name}": losses[name] for name in val_streams})
         sink.write(record)
         return losses["all"]
 
     val_loss = float("nan")
-    if start == 0:
-        val_loss = validate(0)
+    if state.step == 0:
+        val_loss = validate_and_log(0)
         check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size)
-    # non-finite steps, counted on the device (no host sync per step): [steps skipped, last such step]
-    nonfinite = torch.zeros(2, device=env.device)
-    seen = 0
-
-    def check_nonfinite(done: int) -> int:
-        """Read the device counters (at log and checkpoint steps only): warn of newly skipped updates, or stop."""
-        nonlocal seen
-        count, last = (int(v) for v in nonfinite.tolist())
-        if count > seen and t.on_nonfinite == NonFinite.stop:
-            raise FloatingPointError(
-                f"step {last}: non-finite loss or gradient norm; its update was not applied and the run stops at step "
-                f"{done} (trainer.on_nonfinite=stop; trainer.on_nonfinite=skip drops such updates and goes on). "
-                f"Checkpoints in {ckpt.root} hold no non-finite weights.")
-        if count > seen:
-            log.warning("step %d: non-finite gradient norm: update skipped (%d so far)", last, skipped + count)
-        seen = count
-        return skipped + count
-
-    for step in range(start, t.steps):
-        done = step + 1
+    while state.step < t.steps:
         loss, grad_norm, bad = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                          cfg.optim.grad_clip, amp, inject_nan=faults.nan_at(done))
-        nonfinite[0] += bad
-        nonfinite[1] = torch.where(bad > 0, done, nonfinite[1])
+                                          cfg.optim.grad_clip, amp, inject_nan=faults.nan_at(state.step + 1))
+        state.step += 1
+        done = state.step
+        guard.record(bad, done)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         throughput.add(tokens_per_step)
         sink.advance()
         if done % t.log_interval == 0 or done == t.steps:
-            total_skipped = check_nonfinite(done)
+            skipped = guard.check(done)
             record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens": done * tokens_per_step, **throughput.report(),
                       "peak_mem_mib": peak_memory_mib(env.device)}
-            if total_skipped:
-                record["skipped_steps"] = total_skipped
+            if skipped:
+                record["skipped_steps"] = skipped
             if done == t.log_interval or done == t.steps:
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
             sink.write(record)
         if (t.eval_interval and done % t.eval_interval == 0) or done == t.steps:
             throughput.pause()
-            val_loss = validate(done)
+            val_loss = validate_and_log(done)
             throughput.resume()
         if ckpt.due(done, t.steps):
             throughput.pause()
-            ckpt.save(done, model, optimizer, {"step": done, "skipped": check_nonfinite(done),
-                                               "scheduler": scheduler.state_dict(),
-                                               "loader": train_loader.state_dict()})
+            guard.check(done)  # under on_nonfinite=stop a skipped update stops the run before it is saved
+            ckpt.save(done)
             throughput.resume()
         faults.maybe_kill(done, env.rank)
         faults.maybe_slow()
@@ -221,3 +177,20 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     if cfg.export.enabled:
         export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg.export.push_to_hub, cfg.export.private)
     return val_loss
+
+
+def validation_streams(cfg: RunConfig, manifest: dict, env: distributed.DistEnv) -> dict[str, TokenStream]:
+    """The validation stream of each source with at least one window per rank; rank 0 names the others once."""
+    t = cfg.trainer
+    streams = {name: stream for name, stream in open_streams(cfg.data, manifest, "val").items()
+               if len(rank_windows(stream, t.seq_len, 0, env.world_size, 1)) > 0}
+    if env.is_main:
+        for name in sorted(set(manifest["sources"]) & {s.name for s in cfg.data.sources} - set(streams)):
+            log.warning("source %s: too little validation text for one window of trainer.seq_len=%d per rank: "
+                        "not validated", name, t.seq_len)
+    if not streams:
+        raise ValueError(
+            f"prepared data '{cfg.data.name}' has too little validation text for one window of trainer.seq_len="
+            f"{t.seq_len} per rank on {env.world_size} ranks: raise data.val_fraction or shorten trainer.seq_len"
+        )
+    return streams

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cpt.data.loader import MixtureLoader, TokenStream, eval_batches
+from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.pack import ShardWriter
 
 CPU = torch.device("cpu")
@@ -94,13 +94,6 @@ def test_state_restores_the_exact_next_batches_without_replay(tmp_path):
     fresh.load_state_dict(state)
     assert fresh.step == 37
     assert [starts_of(fresh.next_batches(), 16) for _ in range(5)] == expected
-
-
-def test_eval_batches_split_windows_equally_and_disjointly(tmp_path):
-    stream = make_stream(tmp_path, "v", np.arange(16 * 11 + 1))
-    per_rank = [[int(x[0]) for inp, _ in eval_batches(stream, 16, 2, r, 2, 10, CPU) for x in inp] for r in range(2)]
-    assert len(per_rank[0]) == len(per_rank[1]) == 5  # 11 windows: 5 each, the odd one left out
-    assert not set(per_rank[0]) & set(per_rank[1])
 
 
 def test_source_too_small_for_one_window_is_an_error(tmp_path):

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from cpt.cli import UserError
 from cpt.config import ConvertConfig
 
 FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
@@ -44,6 +45,10 @@ class FileError(Exception):
         self.path, self.reason = path, message
 
 
+class NoFilesError(UserError, FileNotFoundError):
+    """A configured path or pattern matches no file."""
+
+
 class _RecordError(Exception):
     """One record cannot be converted (internal: turned into an on_record_error call)."""
 
@@ -52,7 +57,7 @@ class _RecordError(Exception):
 
 def expand_paths(patterns: list[str], key: str) -> list[Path]:
     """Files named by paths, directories (recursive, hidden files/dirs skipped) or glob patterns (with **),
-    sorted and de-duplicated. A pattern that matches no file raises FileNotFoundError naming `key`."""
+    sorted and de-duplicated. A pattern that matches no file raises NoFilesError naming `key`."""
     found: set[str] = set()
     for pattern in patterns:
         expanded = os.path.expanduser(pattern)
@@ -63,7 +68,7 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
         files = [f for m in matches for f in (_walk(m) if os.path.isdir(m) else [m])]
         if not files:
             where = "" if os.path.isabs(expanded) else f" (relative to {os.getcwd()})"
-            raise FileNotFoundError(f"config key '{key}': '{pattern}' matches no file{where}")
+            raise NoFilesError(f"config key '{key}': '{pattern}' matches no file{where}")
         found.update(os.path.abspath(f) for f in files)
     return [Path(p) for p in sorted(found)]
 
@@ -240,12 +245,17 @@ def _record_doc(record: Any, cfg: ConvertConfig) -> tuple[str, dict]:
     return text, fields
 
 
+def _json_msg(e: json.JSONDecodeError) -> str:
+    """json's message without its trailing "at" ("Unterminated string starting at"): we name the position."""
+    return e.msg.removesuffix(" at")
+
+
 def _read_json(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
     try:
         data = json.loads(_decode(path, path.read_bytes()))
     except json.JSONDecodeError as e:
-        raise FileError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} (one record per line? "
-                              "name the file .jsonl or set the source's `format: jsonl`)") from None
+        raise FileError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {_json_msg(e)} (one record per "
+                              "line? name the file .jsonl or set the source's `format: jsonl`)") from None
     if cfg.json_records:
         try:
             records = _lookup(data, cfg.json_records)
@@ -280,7 +290,7 @@ def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRec
             except UnicodeDecodeError as e:
                 on_record_error(line_no, f"invalid UTF-8 at byte {e.start} of the line: {_ICONV}")
             except json.JSONDecodeError as e:
-                on_record_error(line_no, f"invalid JSON: {e.msg} at column {e.colno}")
+                on_record_error(line_no, f"invalid JSON at column {e.colno}: {_json_msg(e)}")
             except _RecordError as e:
                 on_record_error(line_no, str(e))
             else:

@@ -14,7 +14,7 @@ its first seq_len tokens, targets the last seq_len). Training:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -118,21 +118,6 @@ def to_batch(rows: np.ndarray, device: torch.device) -> Batch:
     if device.type == "cuda":
         t = t.pin_memory().to(device, non_blocking=True)
     return t[:, :-1], t[:, 1:]
-
-
-def eval_windows_per_rank(stream: TokenStream, seq_len: int, world: int, max_windows: int) -> int:
-    return min(num_windows(stream, seq_len) // world, max_windows)
-
-
-def eval_batches(stream: TokenStream, seq_len: int, micro_batch: int, rank: int, world: int, max_batches: int,
-                 device: torch.device) -> Iterator[Batch]:
-    """Validation windows from the start of the stream, a contiguous equal share per rank (every rank runs the
-    same number of forwards, as FSDP needs), in micro-batches of at most micro_batch windows."""
-    per_rank = eval_windows_per_rank(stream, seq_len, world, max_batches * micro_batch)
-    first = rank * per_rank
-    for b in range(0, per_rank, micro_batch):
-        ids = range(first + b, first + min(per_rank, b + micro_batch))
-        yield to_batch(np.stack([stream.read(i * seq_len, seq_len + 1) for i in ids]), device)
 
 
 def _mix(*values: int) -> int:

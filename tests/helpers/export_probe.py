@@ -16,9 +16,8 @@ from cpt.config import to_run_config  # noqa: E402
 from cpt.data.loader import MixtureLoader  # noqa: E402
 from cpt.data.manifest import load_manifest, open_streams  # noqa: E402
 from cpt.export import export_model  # noqa: E402
-from cpt.model import build_model  # noqa: E402
 from cpt.optim import build_optimizer  # noqa: E402
-from cpt.parallelize import load_full_state, parallelize  # noqa: E402
+from cpt.parallelize import build_parallel_model  # noqa: E402
 from cpt.tokenizer import build_tokenizer  # noqa: E402
 from cpt.train import train_step  # noqa: E402
 
@@ -28,10 +27,7 @@ env = distributed.setup(cfg.trainer.device, 1)
 torch.manual_seed(cfg.trainer.seed)
 tokenizer = build_tokenizer(cfg.model)
 manifest = load_manifest(cfg.data, tokenizer)
-model = build_model(cfg.model, on_meta=not env.is_main)
-state = model.state_dict() if env.is_main else None
-model = parallelize(model, cfg.fsdp, cfg.trainer, env)
-load_full_state(model, state, env)
+model = build_parallel_model(cfg, env)
 optimizer = build_optimizer(model, cfg.optim)
 loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {"sample": 1.0}, 32, 2, 1, env.rank,
                        env.world_size, 0, env.device)

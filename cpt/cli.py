@@ -1,0 +1,49 @@
+"""How cpt's commands end on a user error: one `error: <message>` line on stderr and exit status 2, no traceback.
+
+User errors are UserError (raise it, or a subclass, where the user has to fix something: a path, a setting, data
+to prepare), cpt.config.ConfigError and cpt.data.report.PrepareError. Anything else keeps its full traceback.
+
+    @hydra.main(...)
+    @user_errors()        # below @hydra.main, or Hydra prints its traceback first
+    def main(cfg): ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator, NoReturn
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A problem the user fixes; the message says what is wrong and what to do. No cpt imports here, so any
+    module can raise it."""
+
+
+def user_error_types() -> tuple[type[Exception], ...]:
+    from cpt.config import ConfigError  # imported late: cpt.config (and everything) may import this module
+    from cpt.data.report import PrepareError
+
+    return UserError, ConfigError, PrepareError
+
+
+def fail(error: BaseException) -> NoReturn:
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    print(f"error: {message or type(error).__name__}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """`with user_errors():` or `@user_errors()` on a command's main: a user error ends the process with
+    `error: <message>` and exit status 2. In a submitit job (a sweep's job) it is raised as is, for submitit to
+    report it to the sweep."""
+    try:
+        yield
+    except user_error_types() as e:
+        if "SUBMITIT_EXECUTOR" in os.environ:
+            raise
+        fail(e)

@@ -1,0 +1,76 @@
+"""A user error ends every command with one `error: <message>` line on stderr and a non-zero exit, no traceback
+(with HYDRA_FULL_ERROR set or not); any other error keeps its traceback (cpt.cli)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import rank_env
+from cpt.cli import EXIT_USER_ERROR, UserError, user_errors
+
+
+def cli(module: str, args: list[str], cwd, full_error: bool = True) -> subprocess.CompletedProcess:
+    env = rank_env()
+    if not full_error:
+        env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `error: ` line, after checking the exit status and that no traceback was printed."""
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("full_error", [True, False], ids=["HYDRA_FULL_ERROR=1", "HYDRA_FULL_ERROR-unset"])
+def test_run_config_error_names_the_key(tmp_path, full_error):
+    proc = cli("cpt.run", ["fsdp=hybrid_shard", "fsdp.shard_size=3", "trainer.nproc_per_node=2",
+                           f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, full_error)
+    assert "fsdp.shard_size" in error_line(proc)
+
+
+def test_run_on_unprepared_data_says_to_prepare(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = cli("cpt.run", [f"data.root={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    line = error_line(proc)
+    assert "no prepared data 'sample'" in line and "python -m cpt.prepare data=sample" in line
+
+
+def test_prepare_strict_stop_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "A perfectly ordinary paragraph of English text, long enough."}\n{"text": "broken\n')
+    proc = cli("cpt.prepare", [f"data.root={tmp_path / 'data'}", "data.name=bad", "data.strict=true",
+                               f"data.sources=[{{name: bad, paths: ['{bad}']}}]"], tmp_path, full_error=False)
+    line = error_line(proc)
+    assert f"{bad}:2: invalid JSON" in line and "data.strict=true" in line
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [".logs"]  # no temporary directory left
+
+
+def test_generate_with_a_missing_model(tmp_path):
+    proc = cli("cpt.generate", [str(tmp_path / "no-model"), "--prompt", "Hello"], tmp_path)
+    assert f"cannot load model '{tmp_path / 'no-model'}'" in error_line(proc)
+
+
+def test_export_with_a_missing_checkpoint(tmp_path):
+    proc = cli("cpt.export", [str(tmp_path / "no-run")], tmp_path)
+    assert f"{tmp_path / 'no-run'}: neither a complete checkpoint" in error_line(proc)
+
+
+def test_only_user_errors_are_shortened(capsys):
+    @user_errors()
+    def main(error: Exception):
+        raise error
+
+    with pytest.raises(SystemExit) as exit_:
+        main(UserError("first line\n  second line"))
+    assert exit_.value.code == EXIT_USER_ERROR
+    assert capsys.readouterr().err == "error: first line second line\n"
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        main(KeyError("x"))
