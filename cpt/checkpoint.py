@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.stateful import Stateful
 
 from cpt import faults
+from cpt.cli import UserError
 from cpt.config import CheckpointConfig
 from cpt.distributed import DistEnv
 
@@ -81,8 +82,8 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Optional[Path]:
         found = latest_checkpoint(root) if root.is_dir() else None
         if found is not None:
             return found
-    raise FileNotFoundError(f"config key 'resume': {path} is not a complete checkpoint (no {META}) and holds none: "
-                            "give a step-* directory, a run directory, 'auto' or 'none'")
+    raise CheckpointNotFoundError(f"{path} is not a complete checkpoint (no {META}) and holds none: give a "
+                                  "checkpoints/step-* directory or a run directory (as `resume=`: also 'auto' or 'none')")
 
 
 def all_finite(model: nn.Module) -> bool:
@@ -127,8 +128,12 @@ def safe_load(path: Path) -> Any:
             "checkpoint from a source you trust, or start fresh with resume=none") from None
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(UserError, RuntimeError):
     """A checkpoint file that could execute code when loaded."""
+
+
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A checkpoint path (resume=, cpt.export, cpt.evaluate) that holds no complete checkpoint."""
 
 
 class Checkpointer:

@@ -1,7 +1,8 @@
 """How cpt's commands end on a user error: one `error: <message>` line on stderr and exit status 2, no traceback.
 
-User errors are UserError (raise it, or a subclass, where the user has to fix something: a path, a setting, data
-to prepare), cpt.config.ConfigError and cpt.data.report.PrepareError. Anything else keeps its full traceback.
+User errors are UserError and its subclasses, raised where the user has to fix something: a setting
+(cpt.config.ConfigError), an input file (PrepareError), data to prepare, a model or checkpoint path. Anything else
+keeps its full traceback.
 
     @hydra.main(...)
     @user_errors()        # below @hydra.main, or Hydra prints its traceback first
@@ -23,13 +24,6 @@ class UserError(Exception):
     module can raise it."""
 
 
-def user_error_types() -> tuple[type[Exception], ...]:
-    from cpt.config import ConfigError  # imported late: cpt.config (and everything) may import this module
-    from cpt.data.report import PrepareError
-
-    return UserError, ConfigError, PrepareError
-
-
 def fail(error: BaseException) -> NoReturn:
     message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     print(f"error: {message or type(error).__name__}", file=sys.stderr, flush=True)
@@ -43,7 +37,7 @@ def user_errors() -> Iterator[None]:
     report it to the sweep."""
     try:
         yield
-    except user_error_types() as e:
+    except UserError as e:
         if "SUBMITIT_EXECUTOR" in os.environ:
             raise
         fail(e)

@@ -18,10 +18,12 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from cpt.cli import UserError
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that cannot work; the message names the key and what to do."""
 
     def __init__(self, key: str, message: str):

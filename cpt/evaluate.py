@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from cpt.checkpoint import META
+from cpt.cli import UserError, user_errors
 from cpt.config import EvalConfig, to_run_config, validate_eval
 from cpt.data.loader import TokenStream, num_windows
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
@@ -54,7 +55,7 @@ def load_model(path: str, manifest: dict, device: torch.device, scratch: Path) -
 
     tok_id = identity(HFTokenizer(path))
     if not same_ids(tok_id, manifest["tokenizer"], keys=("vocab_size", "probe")):
-        raise ValueError(f"model '{path}': its tokenizer {tok_id} is not the one the data was prepared with "
+        raise UserError(f"model '{path}': its tokenizer {tok_id} is not the one the data was prepared with "
                          f"{manifest['tokenizer']}: evaluate it on data prepared with its own tokenizer")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     return model.eval()
@@ -104,7 +105,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
             skipped[source] = f"{len(stream)} {cfg.split} tokens, fewer than one window of seq_len+1={cfg.seq_len + 1}"
             log.warning("set %s skipped: %s (lower seq_len or hold out more text)", source, skipped[source])
     if not streams:
-        raise ValueError(f"no set of data '{cfg.data.name}' has one window of seq_len+1={cfg.seq_len + 1} "
+        raise UserError(f"no set of data '{cfg.data.name}' has one window of seq_len+1={cfg.seq_len + 1} "
                          f"{cfg.split} tokens ({skipped}): lower seq_len")
     baseline = cfg.baseline or next(iter(cfg.models))
     domain = cfg.domain or cfg.data.sources[0].name
@@ -132,6 +133,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
+@user_errors()  # below @hydra.main, or Hydra prints its traceback first
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

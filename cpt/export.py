@@ -126,8 +126,7 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    from cpt.checkpoint import resolve_resume
-    from cpt.cli import UserError, user_errors
+    from cpt.cli import user_errors
 
     p = argparse.ArgumentParser(prog="python -m cpt.export",
                                 description="Turn a cpt checkpoint into a transformers model directory.")
@@ -138,13 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with user_errors():
-        try:  # a missing or incomplete checkpoint is the user's to fix, not a crash
-            found = resolve_resume(str(args.checkpoint), args.checkpoint)
-        except FileNotFoundError:
-            found = None
-        if found is None:
-            raise UserError(f"{args.checkpoint}: neither a complete checkpoint nor a run directory that holds one: "
-                            "give a checkpoints/step-* directory or a run directory")
         out = export_checkpoint(args.checkpoint, args.out)
         if args.push_to_hub:
             push(out, args.push_to_hub, private=not args.public)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from cpt.cli import UserError
 from cpt.config import ModelConfig
 from cpt.tokenizer import Tokenizer
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # a trained LM scores far below ln(vocab) on text of its language; random weights score at (or above) it
 LOADED_LOSS_FRACTION = 0.75
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """model.name_or_path cannot give the model (unreachable, missing, or not matching its config)."""
 
 
 def hf_config(cfg: ModelConfig):
@@ -44,14 +49,14 @@ def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
         model, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32,
                                                            output_loading_info=True)
     except OSError as e:
-        raise RuntimeError(
+        raise ModelLoadError(
             f"could not load model '{cfg.name_or_path}' (model.name_or_path): {str(e).strip().splitlines()[0]} Offline? Download it where the "
             "hub is reachable (`hf download <id> --local-dir <dir>`) and set model.name_or_path=<dir>; "
             "HF_HUB_OFFLINE=1 skips the hub's retries."
         ) from e
     missing = [k for k in info["missing_keys"] if k not in tied_keys(model.config)]
     if missing:
-        raise RuntimeError(f"model.name_or_path={cfg.name_or_path}: {len(missing)} weights missing from the "
+        raise ModelLoadError(f"model.name_or_path={cfg.name_or_path}: {len(missing)} weights missing from the "
                            f"checkpoint and left random (e.g. {missing[:3]}): it does not match its config.json")
     log.info("model %s: pretrained weights from %s", cfg.name, cfg.name_or_path)
     return model

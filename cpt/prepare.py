@@ -27,7 +27,7 @@ from cpt.data.convert import FileError, convert_file, detect_format, expand_path
 from cpt.data.dedup import Deduplicator
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import pack_documents, token_dtype
-from cpt.data.report import PrepareError, PrepareReport
+from cpt.data.prepare_report import PrepareError, PrepareReport
 from cpt.data.split import split_of
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from cpt import distributed
-from cpt.cli import UserError, user_errors
+from cpt.cli import user_errors
 from cpt.config import DataConfig, RunConfig, to_run_config, validate
 from cpt.logs import setup_logging
 
@@ -88,10 +88,7 @@ def check_prepared(cfg: DataConfig) -> None:
     """Missing or unusable prepared data is the user's to fix: say so before building anything."""
     from cpt.data.manifest import load_manifest_file
 
-    try:
-        load_manifest_file(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from e
+    load_manifest_file(cfg)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -113,8 +110,7 @@ def main(cfg: DictConfig) -> Optional[float]:
 
     nproc = run_cfg.trainer.nproc_per_node
     validate(run_cfg, nproc, nproc)
-    if nproc == 1:  # N local ranks: torch elastic reports the error each rank raises
-        check_prepared(run_cfg.data)
+    check_prepared(run_cfg.data)
     setup_logging(run_dir, rank=0)
     write_resolved(cfg, run_dir)
     log.info("run directory %s", run_dir)

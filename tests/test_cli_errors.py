@@ -36,9 +36,12 @@ def test_run_config_error_names_the_key(tmp_path, full_error):
     assert "fsdp.shard_size" in error_line(proc)
 
 
-def test_run_on_unprepared_data_says_to_prepare(tmp_path):
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_run_on_unprepared_data_says_to_prepare(tmp_path, nproc):
+    """Checked before any rank starts: N local ranks end the same way as one process."""
     (tmp_path / "empty").mkdir()
-    proc = cli("cpt.run", [f"data.root={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    proc = cli("cpt.run", [f"data.root={tmp_path / 'empty'}", f"trainer.nproc_per_node={nproc}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     line = error_line(proc)
     assert "no prepared data 'sample'" in line and "python -m cpt.prepare data=sample" in line
 
@@ -60,7 +63,7 @@ def test_generate_with_a_missing_model(tmp_path):
 
 def test_export_with_a_missing_checkpoint(tmp_path):
     proc = cli("cpt.export", [str(tmp_path / "no-run")], tmp_path)
-    assert f"{tmp_path / 'no-run'}: neither a complete checkpoint" in error_line(proc)
+    assert f"{tmp_path / 'no-run'} is not a complete checkpoint" in error_line(proc)
 
 
 def test_only_user_errors_are_shortened(capsys):

@@ -65,7 +65,7 @@ def _prepare_cfg(root, paths, *extra):
 
 def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
     import cpt.prepare
-    from cpt.data.report import PrepareError
+    from cpt.data.prepare_report import PrepareError
 
     good = tmp_path / "good.txt"
     good.write_text("A perfectly ordinary paragraph of English text, long enough to pass the length filter. " * 2)

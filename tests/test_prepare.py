@@ -13,7 +13,7 @@ import pytest
 from cpt.config import to_run_config
 
 from cpt.data.manifest import load_manifest, open_streams
-from cpt.data.report import PrepareError
+from cpt.data.prepare_report import PrepareError
 from cpt.prepare import prepare
 from cpt.tokenizer import ByteTokenizer
 from conftest import compose_cfg, real_corpus, run_cli

@@ -4,10 +4,12 @@ the same global batch; each launch mode leaves exactly one run directory; failur
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
-from conftest import read_metrics, run_cli, run_tiny, train_losses, TINY
+from conftest import TINY, rank_env, read_metrics, run_cli, run_tiny, train_losses
 
 TOL = 1e-4
 
@@ -98,12 +100,14 @@ def test_one_run_directory_per_run(tmp_path, launcher):
 
 
 def test_failing_rank_fails_the_run_with_its_error(tmp_path):
-    """Unprepared data: every rank raises; the run exits non-zero and shows the rank's error and the fix."""
-    proc = run_cli([*TINY, "trainer.nproc_per_node=2", "trainer.micro_batch_size=2",
-                    f"data.root={tmp_path / 'nowhere'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    """A NaN loss under on_nonfinite=stop: every rank raises; the run exits non-zero and shows the error and the fix."""
+    env = {**rank_env(), "CPT_FAULT_NAN": "2"}
+    proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, "trainer.nproc_per_node=2",
+                           "trainer.micro_batch_size=2", "trainer.log_interval=2", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert "FileNotFoundError: no prepared data 'sample'" in proc.stderr
-    assert "python -m cpt.prepare data=sample" in proc.stderr
+    assert "FloatingPointError: step 2: non-finite loss or gradient norm" in proc.stderr
+    assert "trainer.on_nonfinite=skip drops such updates" in proc.stderr
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cpt.cli import UserError
 from cpt.config import DataConfig
 from cpt.data.loader import TokenStream
 from cpt.tokenizer import Tokenizer, identity, same_ids
@@ -19,12 +20,20 @@ def data_dir(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser() / cfg.name
 
 
+class DataNotPreparedError(UserError, FileNotFoundError):
+    """The prepared data a command needs is not there."""
+
+
+class DataMismatchError(UserError, ValueError):
+    """Prepared data that does not fit this run (another tokenizer, other sources)."""
+
+
 def load_manifest(cfg: DataConfig, tokenizer: Tokenizer) -> dict:
     """The manifest of prepared data that this tokenizer produced and that holds every configured source."""
     manifest = load_manifest_file(cfg)
     want = identity(tokenizer)
     if not same_ids(manifest["tokenizer"], want):
-        raise ValueError(
+        raise DataMismatchError(
             f"prepared data '{cfg.name}' was tokenized with {manifest['tokenizer']}, but this run's tokenizer is "
             f"{want} (model.tokenizer / model.name_or_path / model.eos_token): prepare it again with this run's "
             "model settings"
@@ -35,7 +44,7 @@ def load_manifest(cfg: DataConfig, tokenizer: Tokenizer) -> dict:
 def load_manifest_file(cfg: DataConfig) -> dict:
     path = data_dir(cfg) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotPreparedError(
             f"no prepared data '{cfg.name}' at {path.parent.resolve()} (data.root / data.name): run "
             f"`python -m cpt.prepare data={cfg.name}` with the same model/tokenizer settings first"
         )
@@ -43,7 +52,7 @@ def load_manifest_file(cfg: DataConfig) -> dict:
     names = [s.name for s in cfg.sources]
     missing = [n for n in names if n not in manifest["sources"]]
     if missing:
-        raise ValueError(f"config key 'data.sources': {missing} not in prepared data '{cfg.name}' "
+        raise DataMismatchError(f"config key 'data.sources': {missing} not in prepared data '{cfg.name}' "
                          f"(it has {sorted(manifest['sources'])}): prepare again")
     return manifest
 

@@ -9,12 +9,14 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from cpt.cli import UserError
+
 log = logging.getLogger(__name__)
 
 MAX_RECORD_ERRORS_LOGGED = 20  # per file; all of them go to report.json
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A problem with the input that stops prepare (data.strict=true, or nothing usable at all)."""
 
 
