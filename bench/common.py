@@ -17,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CPT_BENCH_DATA", Path(tempfile.gettempdir()) / "cpt-bench-data"))
@@ -40,7 +40,8 @@ def data_overrides(data_root: Path = DATA_ROOT) -> list[str]:
 def run_overrides(size: str, data_root: Path = DATA_ROOT) -> list[str]:
     """cpt overrides for a bench model and batch; cpt.run and the bare/HF sides read the same values."""
     s = SIZES[size]
-    return [*data_overrides(data_root), "model=tiny", f"model.arch.hidden_size={s['hidden']}", f"model.arch.intermediate_size={s['inter']}",
+    return [*data_overrides(data_root), "model=tiny", f"model.arch.hidden_size={s['hidden']}",
+            f"model.arch.intermediate_size={s['inter']}",
             f"model.arch.num_hidden_layers={s['layers']}", f"model.arch.num_attention_heads={s['heads']}",
             f"trainer.seq_len={s['seq']}", f"trainer.micro_batch_size={s['batch']}",
             "optim.lr=1e-3", "trainer.num_threads=1"]

@@ -53,7 +53,8 @@ def main() -> None:
     sides = {f"compile {'on' if c else 'off'}, AC {'full' if a else 'off'}": side(c, a)
              for c, a in itertools.product(compiles, acs)}
     med = alternate(sides, args.reps)
-    where = f"{args.size} model on CPU, fp32" if args.cpu else f"Qwen2.5-0.5B arch, seq {args.seq_len}, batch {args.batch}, bf16, 1 GPU"
+    where = (f"{args.size} model on CPU, fp32" if args.cpu
+             else f"Qwen2.5-0.5B arch, seq {args.seq_len}, batch {args.batch}, bf16, 1 GPU")
     print(header(f"Throughput and MFU ({where})", sys.argv, args.reps))
     for row in med.values():
         row["mfu"] *= 100  # NaN where the peak is unknown (CPU)

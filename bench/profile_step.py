@@ -48,8 +48,8 @@ OWN = "loop's own Python"
 
 
 def loop_lines() -> range:
-    """The source lines of the `while state.step < ...` loop of cpt.train._train: samples whose _train frame is elsewhere
-    are setup (model, data, process group) or teardown (export) and are not counted."""
+    """The source lines of the `while state.step < ...` loop of cpt.train._train: samples whose _train frame is
+    elsewhere are setup (model, data, process group) or teardown (export) and are not counted."""
     tree = ast.parse((ROOT / "cpt" / "train.py").read_text())
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_train")
     loop = next(n for n in ast.walk(fn) if isinstance(n, ast.While))
@@ -115,7 +115,7 @@ def optimizer_steps(size: str, reps: int) -> dict[str, float]:
     kinds = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     optims = {k: torch.optim.AdamW(param_groups(model, 0.1), lr=1e-4, **kw) for k, kw in kinds.items()}
-    for rep in range(reps):
+    for _ in range(reps):
         for kind, opt in optims.items():
             opt.step()  # state allocated / warm
             start = time.perf_counter()

@@ -83,7 +83,7 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Optional[Path]:
         if found is not None:
             return found
     raise CheckpointNotFoundError(f"{path} is not a complete checkpoint (no {META}) and holds none: give a "
-                                  "checkpoints/step-* directory or a run directory (as `resume=`: also 'auto' or 'none')")
+                                  "checkpoints/step-* directory or a run directory (resume= also takes auto or none)")
 
 
 def all_finite(model: nn.Module) -> bool:

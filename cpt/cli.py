@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Iterator, NoReturn
+from collections.abc import Iterator
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 

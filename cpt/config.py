@@ -339,7 +339,8 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         if value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
     if t.eval_interval < 0:
-        raise ConfigError("trainer.eval_interval", f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")
+        raise ConfigError("trainer.eval_interval",
+                          f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")
     if t.num_threads is not None and t.num_threads < 1:
         raise ConfigError("trainer.num_threads", f"must be >= 1 or null, got {t.num_threads}")
     if t.peak_flops is not None and t.peak_flops <= 0:
@@ -360,7 +361,8 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("optim.warmup_steps", f"must be in [0, trainer.steps={t.steps}), got {o.warmup_steps}")
     validate_data(d)
     if cfg.model.name_or_path is None and not cfg.model.random_init:
-        raise ConfigError("model.random_init", "is false but model.name_or_path is null: give weights or set random_init=true")
+        raise ConfigError("model.random_init",
+                          "is false but model.name_or_path is null: give weights or set random_init=true")
     if cfg.model.tokenizer is None and cfg.model.name_or_path is None:
         raise ConfigError("model.tokenizer", "is null and so is model.name_or_path: name a tokenizer (or 'byte')")
     if cfg.model.arch.num_attention_heads < 1 or cfg.model.arch.hidden_size % cfg.model.arch.num_attention_heads:
@@ -375,10 +377,12 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
     elif f.shard_size is not None:
         raise ConfigError("fsdp.shard_size", f"only applies to fsdp.strategy=hybrid_shard, not {f.strategy.value}")
     if f.cpu_offload and f.strategy != Strategy.full_shard:
-        raise ConfigError("fsdp.cpu_offload", f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")
+        raise ConfigError("fsdp.cpu_offload",
+                          f"is supported with fsdp.strategy=full_shard only, not {f.strategy.value}")
     c = cfg.checkpoint
     if c.interval < 0 or c.keep_last < 1:
-        raise ConfigError("checkpoint.interval", f"interval must be >= 0 and keep_last >= 1, got {c.interval}, {c.keep_last}")
+        raise ConfigError("checkpoint.interval",
+                          f"interval must be >= 0 and keep_last >= 1, got {c.interval}, {c.keep_last}")
     if not c.dir or os.path.isabs(c.dir) or ".." in Path(c.dir).parts:
         raise ConfigError("checkpoint.dir", f"must be a path inside the run directory, got {c.dir!r}")
     if not cfg.export.dir or os.path.isabs(cfg.export.dir) or ".." in Path(cfg.export.dir).parts:

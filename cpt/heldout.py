@@ -9,8 +9,8 @@ process."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Iterator
 
 import numpy as np
 import torch

@@ -1,6 +1,6 @@
-"""Per-rank logging: global rank 0 logs INFO to the console and to `<run dir>/train.log` (or
-`log_name`); the other ranks log
-warnings and errors only, to the console, prefixed with their rank, so a failing rank's message is visible."""
+"""Per-rank logging: global rank 0 logs INFO to the console and to `<run dir>/train.log` (or `log_name`); the other
+ranks log errors only, to the console, prefixed with their rank, so a failing rank's message is visible while a
+warning that every rank would print (too little validation text, RNG states start fresh) comes once, from rank 0."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def setup_logging(run_dir: Path, rank: int, log_name: str = "train.log") -> None
         handlers.append(logging.FileHandler(run_dir / log_name))
         fmt, level = FORMAT, logging.INFO
     else:
-        fmt, level = f"[rank {rank}]" + FORMAT, logging.WARNING
+        fmt, level = f"[rank {rank}]" + FORMAT, logging.ERROR
     for handler in handlers:
         handler.setFormatter(logging.Formatter(fmt))
         root.addHandler(handler)

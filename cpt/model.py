@@ -50,9 +50,9 @@ def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
                                                            output_loading_info=True)
     except OSError as e:
         raise ModelLoadError(
-            f"could not load model '{cfg.name_or_path}' (model.name_or_path): {str(e).strip().splitlines()[0]} Offline? Download it where the "
-            "hub is reachable (`hf download <id> --local-dir <dir>`) and set model.name_or_path=<dir>; "
-            "HF_HUB_OFFLINE=1 skips the hub's retries."
+            f"could not load model '{cfg.name_or_path}' (model.name_or_path): {str(e).strip().splitlines()[0]} "
+            "Offline? Download it where the hub is reachable (`hf download <id> --local-dir <dir>`) and set "
+            "model.name_or_path=<dir>; HF_HUB_OFFLINE=1 skips the hub's retries."
         ) from e
     missing = [k for k in info["missing_keys"] if k not in tied_keys(model.config)]
     if missing:

@@ -31,7 +31,8 @@ def compute_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     if precision == Precision.auto:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision == Precision.bf16 and device.type == "cpu":
-        warnings.warn("trainer.precision=bf16 on CPU: most CPUs have no bf16 units and run ~30x slower than fp32")
+        warnings.warn("trainer.precision=bf16 on CPU: most CPUs have no bf16 units and run ~30x slower than fp32",
+                      stacklevel=2)
     return torch.bfloat16 if precision == Precision.bf16 else torch.float32
 
 

@@ -9,6 +9,7 @@ previous version intact. Stages, streaming file by file:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -62,7 +63,7 @@ def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Pat
                 entry = report.file(source.name, path, source.format)
                 try:
                     entry["format"] = fmt = detect_format(path, source.format)
-                    on_error = lambda line, msg, entry=entry: report.record_error(entry, line, msg)
+                    on_error = functools.partial(report.record_error, entry)  # (line, message)
                     for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
                         text = clean_text(record.pop("text"), cfg.clean)
                         doc_id = f"{source.name}:{path.name}#{n}"

@@ -18,9 +18,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ SOURCES: dict[str, Callable[[Path], None]] = {"smollm2-135m": build_smollm2, "qw
 def source_path(name: str) -> Path:
     """The local directory of an offline source, built on first use."""
     if name not in SOURCES:
-        raise KeyError(f"unknown offline model source '{name}' (in ${{cpt_model:...}}): choose one of {sorted(SOURCES)}")
+        raise KeyError(f"unknown offline model source '{name}' (in ${{cpt_model:...}}): "
+                       f"choose one of {sorted(SOURCES)}")
     return _build_once(name, SOURCES[name])
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import List, Optional, Protocol
+from typing import Optional, Protocol
 
 from cpt.config import ModelConfig
 
@@ -18,11 +18,11 @@ class Tokenizer(Protocol):
     name: str
     eos_token_id: int
 
-    def encode(self, text: str) -> List[int]: ...
+    def encode(self, text: str) -> list[int]: ...
 
-    def encode_batch(self, texts: List[str]) -> List[List[int]]: ...
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
-    def decode(self, ids: List[int]) -> str: ...
+    def decode(self, ids: list[int]) -> str: ...
 
     def __len__(self) -> int: ...
 
@@ -38,13 +38,13 @@ class ByteTokenizer:
     name = "byte"
     eos_token_id = 256
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in texts]
 
-    def decode(self, ids: List[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
     def __len__(self) -> int:
@@ -84,13 +84,13 @@ class HFTokenizer:
         else:
             self.eos_token_id = self.inner.eos_token_id
 
-    def encode(self, text: str) -> List[int]:
+    def encode(self, text: str) -> list[int]:
         return self.inner.encode(text, add_special_tokens=False)
 
-    def encode_batch(self, texts: List[str]) -> List[List[int]]:
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.inner(texts, add_special_tokens=False)["input_ids"]
 
-    def decode(self, ids: List[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
         return self.inner.decode(ids)
 
     def __len__(self) -> int:

@@ -5,9 +5,10 @@ schedule) with metrics at log steps and validation at eval steps."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -105,9 +106,9 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     amp = autocast(model, t.precision, env.device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
-    train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {s.name: s.weight for s in cfg.data.sources},
-                                 t.seq_len, t.micro_batch_size, t.grad_accum, env.rank, env.world_size, t.seed,
-                                 env.device)
+    weights = {s.name: s.weight for s in cfg.data.sources}
+    train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), weights, t.seq_len, t.micro_batch_size,
+                                 t.grad_accum, env.rank, env.world_size, t.seed, env.device)
     val_streams = validation_streams(cfg, manifest, env)
     tokens_per_step = train_loader.global_batch * t.seq_len
     peak = peak_flops(env.device, compute_dtype(t.precision, env.device), t.peak_flops)

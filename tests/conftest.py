@@ -22,7 +22,8 @@ CONF = ROOT / "conf"
 
 # small, fast, learnable: the tiny model on the sample text, per-step logs, no progress bar
 TINY = [
-    "model=tiny", "data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", "trainer.seq_len=32", "trainer.steps=6", "trainer.log_interval=1", "trainer.eval_interval=0",
+    "model=tiny", "data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", "trainer.seq_len=32", "trainer.steps=6",
+    "trainer.log_interval=1", "trainer.eval_interval=0",
     "trainer.eval_batches=2", "trainer.progress_bar=false", "trainer.num_threads=1", "optim.lr=3e-3",
 ]
 

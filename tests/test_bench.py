@@ -14,6 +14,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.full  # the full tier: make test-full
+
 TINY = ["--size", "tiny", "--reps", "1", "--steps", "6", "--warmup", "2"]
 
 
@@ -43,7 +45,6 @@ def ratio(text: str, label: str) -> float:
     return float(re.search(re.escape(label) + r" = \*\*([0-9.]+)\*\*", text).group(1))
 
 
-@pytest.mark.slow
 def test_vs_hf_trainer_reports_both_sides(bench_data):
     rows, out = bench("vs_hf_trainer.py", TINY, bench_data)
     assert set(rows) == {"cpt", "hf_trainer"} and all(number(r[0]) > 0 for r in rows.values())

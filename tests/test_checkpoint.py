@@ -12,11 +12,12 @@ import os
 import pytest
 import torch
 
-from conftest import TINY, read_metrics, rank_env, run_cli
+from conftest import TINY, rank_env, read_metrics, run_cli
 
 STEPS = 6
 TWO = ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2"]  # global batch 4, as ONE below
 ONE = ["trainer.micro_batch_size=4"]
+FULL = pytest.mark.full  # the full tier (make test-full)
 
 
 def run(tmp_path, name, extra, fault: dict | None = None, ok=True):
@@ -63,6 +64,7 @@ def test_sigkill_one_rank_then_rerun_is_bit_identical(tmp_path, reference):
     assert len(starts) == 2 and len({p.name.rsplit("-", 1)[1] for p in starts}) == 1  # two starts, one W&B run
 
 
+@FULL
 def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
     run_dir, proc = run(tmp_path, "r", TWO, {"CPT_FAULT_CRASH_IN_SAVE": "4"}, ok=False)
     ckpts = run_dir / "checkpoints"
@@ -75,6 +77,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
     assert curve(run_dir) == reference
 
 
+@FULL
 def test_keep_last_k(tmp_path):
     run_dir, _ = run(tmp_path, "k", [*ONE, "checkpoint.interval=1", "checkpoint.keep_last=2"])
     ckpts = run_dir / "checkpoints"
@@ -84,6 +87,7 @@ def test_keep_last_k(tmp_path):
     assert meta["step"] == 6 and meta["world_size"] == 1
 
 
+@FULL
 @pytest.mark.parametrize("first,second", [(TWO, ONE), (ONE, TWO)], ids=["2to1", "1to2"])
 def test_resharded_resume_continues_the_curve(tmp_path, reference, first, second):
     run(tmp_path, "r", [*first, "checkpoint.interval=3"], {"CPT_FAULT_KILL": "0:3"}, ok=False)  # dies after saving 3
@@ -96,6 +100,7 @@ def test_resharded_resume_continues_the_curve(tmp_path, reference, first, second
         assert "written by 2 ranks, this run has 1" in (run_dir / "train.log").read_text()
 
 
+@FULL
 def test_async_save_gives_the_same_run_as_sync(tmp_path, reference):
     run_dir, _ = run(tmp_path, "a", [*TWO, "checkpoint.async_save=true"], {"CPT_FAULT_KILL": "0:5"}, ok=False)
     # step 4 was still being written in the background when rank 0 died: step 2 is the latest complete one
@@ -129,12 +134,14 @@ def test_nan_is_skipped_and_never_reaches_disk(tmp_path):
     assert weights and all(torch.equal(step2[k], step3[k]) for k in weights)  # the NaN step changed nothing
 
 
+@FULL
 def test_nan_stops_the_run_by_default_and_keeps_the_last_checkpoint(tmp_path):
     run_dir, proc = run(tmp_path, "n", [*ONE, "checkpoint.interval=1"], {"CPT_FAULT_NAN": "3"}, ok=False)
     assert proc.returncode != 0 and "step 3: non-finite loss" in proc.stderr and "on_nonfinite=skip" in proc.stderr
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000002"
 
 
+@FULL
 def test_resume_none_and_explicit_path(tmp_path, reference, reference_run):
     run_dir, _ = run(tmp_path, "x", [*TWO, f"resume={reference_run / 'checkpoints' / 'step-00000004'}"])
     assert curve(run_dir) == reference[4:]
@@ -144,6 +151,7 @@ def test_resume_none_and_explicit_path(tmp_path, reference, reference_run):
     assert [(r["loss"], r["grad_norm"]) for r in by_step[-STEPS:]] == reference
 
 
+@FULL
 def test_any_checkpoint_exports_to_transformers(tmp_path):
     from transformers import AutoModelForCausalLM
 

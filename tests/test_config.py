@@ -8,8 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from cpt.config import ConfigError, RunConfig, Schedule, Strategy, to_run_config, validate
 from conftest import CONF, compose_cfg, run_cli
+from cpt.config import ConfigError, RunConfig, Schedule, Strategy, to_run_config, validate
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 FSDPS = sorted(p.stem for p in (CONF / "fsdp").glob("*.yaml"))

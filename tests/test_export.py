@@ -12,8 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY, read_metrics, rank_env, run_cli, run_tiny
+from conftest import ROOT, TINY, rank_env, read_metrics, run_cli, run_tiny
 from cpt.tokenizer import ByteTokenizer
+
+FULL = pytest.mark.full  # the full tier (make test-full)
 
 
 def test_two_rank_export_reloads_with_the_same_logits(tmp_path):
@@ -23,7 +25,8 @@ def test_two_rank_export_reloads_with_the_same_logits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     saved = torch.load(tmp_path / "probe.pt")
     hf = tmp_path / "hf"
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"} <= {p.name for p in hf.iterdir()}
+    expected = {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json"}
+    assert expected <= {p.name for p in hf.iterdir()}
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
     with torch.no_grad():
         logits = model(input_ids=saved["probe"]).logits
@@ -54,6 +57,7 @@ def test_run_exports_and_evaluate_reproduces_its_validation_loss(trained, tmp_pa
     assert report["results"]["trained"]["sample"]["loss"] == pytest.approx(final_val, abs=1e-4)
 
 
+@FULL
 def test_evaluate_reports_gain_and_forgetting_for_both_models(trained, tmp_path):
     """Base = an export of the untrained model (1 step at lr 1e-9) vs the trained export: both models are in the
     report, and the domain shows the gain. (Two sets, domain and general: tests/test_smollm2.py.)"""
@@ -90,11 +94,12 @@ def test_generate_greedy_matches_argmax_decoding(trained):
     assert proc.stdout.split("continues\n", 1)[1].rstrip("\n") == expected
 
 
+@FULL
 def test_step0_check_stops_a_pretrained_run_with_random_weights(tmp_path):
     """A 'pretrained' directory that holds random weights must stop the run before the first step."""
+    from conftest import compose_cfg
     from cpt.config import to_run_config
     from cpt.model import build_model
-    from conftest import compose_cfg
 
     fake = tmp_path / "fake-pretrained"
     build_model(to_run_config(compose_cfg(TINY)).model).save_pretrained(fake)

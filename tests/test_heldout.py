@@ -7,11 +7,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from test_loader import CPU, make_stream
 
 from cpt.config import ModelConfig
 from cpt.heldout import perplexity, rank_windows, summed_loss, window_batches
 from cpt.model import build_model
-from test_loader import CPU, make_stream
 
 
 def test_ranks_get_equal_disjoint_shares_of_the_first_windows(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import compose_cfg
 from cpt.config import to_run_config
 from cpt.metrics import PEAK_FLOPS, Throughput, flops_per_token, peak_flops
 from cpt.model import build_model, count_params
-from conftest import compose_cfg
 
 
 def test_flops_per_token_counts_tied_lm_head_and_attention():

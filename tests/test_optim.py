@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpt.config import OptimConfig, Schedule
+from conftest import compose_cfg
+from cpt.config import OptimConfig, Schedule, to_run_config
 from cpt.model import build_model
 from cpt.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from conftest import compose_cfg
-from cpt.config import to_run_config
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():

@@ -10,13 +10,12 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import compose_cfg, real_corpus, run_cli
 from cpt.config import to_run_config
-
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.data.prepare_report import PrepareError
 from cpt.prepare import prepare
 from cpt.tokenizer import ByteTokenizer
-from conftest import compose_cfg, real_corpus, run_cli
 
 
 def data_cfg(root, sources: list[dict], *extra: str):
@@ -78,7 +77,7 @@ def test_split_is_stable_and_independent_of_file_order(tmp_path):
     random.Random(0).shuffle(order)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    for i, f in enumerate(files):  # same documents, other names, other order on disk
+    for f in files:  # same documents, other names, other order on disk
         shutil.copy(f, tmp_path / "a" / f.name)
     for i, f in enumerate(order):
         shutil.copy(f, tmp_path / "b" / f"{i:03d}-{f.name}")
@@ -121,7 +120,7 @@ def test_rerun_is_a_no_op_and_a_changed_input_rebuilds_atomically(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
-        (src / f"{i}.txt").write_text(f"Document number {i}. " + "Words that vary a little: %d. " % (i * 7) * 20)
+        (src / f"{i}.txt").write_text(f"Document number {i}. " + f"Words that vary a little: {i * 7}. " * 20)
     cfg = data_cfg(tmp_path / "out", [{"name": "s", "paths": [str(src)]}], "data.dedup.near=false")
     out = prepare(cfg)
     stamp = (out / "manifest.json").stat().st_mtime_ns
@@ -130,7 +129,8 @@ def test_rerun_is_a_no_op_and_a_changed_input_rebuilds_atomically(tmp_path):
     out = prepare(cfg)
     assert (out / "manifest.json").stat().st_mtime_ns != stamp
     assert sum(len(docs(out, "s", s)) for s in ("train", "val")) == 13
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["t"] or all(not p.name.startswith(".t.") for p in (tmp_path / "out").iterdir())
+    left = [p.name for p in (tmp_path / "out").iterdir()]
+    assert left == ["t"] or all(not name.startswith(".t.") for name in left)
 
 
 def test_training_refuses_data_from_another_tokenizer(tmp_path, sample_data):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cpt import config as schema
 from conftest import CONF, ROOT
+from cpt import config as schema
 
 # the key that names a group's option may repeat the schema default (optim=cosine says `schedule: cosine`); a model
 # file states its whole architecture (`arch`), so that changing the tiny default architecture changes no other model
@@ -48,7 +48,8 @@ def _repeated(values: dict, defaults: dict, prefix: str = "") -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", sorted(p for g in GROUP_SCHEMA for p in (CONF / g).glob("*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", sorted(p for g in GROUP_SCHEMA for p in (CONF / g).glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_group_files_state_only_what_differs_from_the_schema(path: Path):
     group = path.parent.name
     values = yaml.safe_load(path.read_text()) or {}

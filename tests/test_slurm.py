@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_metrics, rank_env
+from conftest import TINY, rank_env, read_metrics
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.full]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,8 +17,9 @@ import torch
 
 from conftest import compose_cfg, read_metrics, real_corpus, run_cli
 from cpt.config import to_run_config
-
 from cpt.sources import QWEN_PACKAGE, QWEN_VOCAB, cache_root, source_path
+
+pytestmark = pytest.mark.full  # the full tier: make test-full
 
 PROBE_TEXTS = [
     "Hello world",

@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from conftest import TINY, read_metrics, rank_env
+from conftest import TINY, rank_env, read_metrics
+
+pytestmark = pytest.mark.full  # the full tier: make test-full
 
 
 @pytest.fixture(scope="module")

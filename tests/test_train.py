@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY, rank_env, read_metrics, run_cli, run_tiny, train_losses
 
 TOL = 1e-4
+FULL = pytest.mark.full  # the full tier (make test-full); the fast tier keeps one case of each kind
 
 
 def test_loss_decreases_on_learnable_data(tmp_path):
@@ -42,18 +43,19 @@ def _curve(records):
 
 
 @pytest.mark.parametrize("name,extra", [
-    ("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"]),
+    pytest.param("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"], marks=FULL),
     ("full_shard", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=full_shard"]),
-    ("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"]),
+    pytest.param("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"],
+                 marks=FULL),
     # DDP with accumulation: gradients stay local on the first micro-batch (set_requires_gradient_sync)
-    ("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                        "fsdp=no_shard"]),
-    ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
-    ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                  "trainer.activation_checkpointing=true"]),
-    ("compile", ["trainer.compile=true"]),
-    ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
-                    "fsdp.shard_size=2"]),
+    pytest.param("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                                    "fsdp=no_shard"], marks=FULL),
+    pytest.param("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"], marks=FULL),
+    pytest.param("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                              "trainer.activation_checkpointing=true"], marks=FULL),
+    pytest.param("compile", ["trainer.compile=true"], marks=FULL),
+    pytest.param("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
+                                "fsdp.shard_size=2"], marks=FULL),
 ])
 def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
     records = read_metrics(run_tiny(tmp_path, name, extra))
@@ -67,6 +69,7 @@ def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
     assert len(val) == len(ref_val) == 2
 
 
+@FULL
 def test_full_shard_holds_half_the_state_of_no_shard(tmp_path):
     common = ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.steps=1"]
     full = read_metrics(run_tiny(tmp_path, "full", [*common, "fsdp=full_shard"]))
@@ -80,7 +83,7 @@ def _run_dirs(root):
     return [p for p in (root / "outputs").glob("*/*") if p.is_dir()]
 
 
-@pytest.mark.parametrize("launcher", ["nproc_per_node", "torchrun"])
+@pytest.mark.parametrize("launcher", [pytest.param("nproc_per_node", marks=FULL), "torchrun"])
 def test_one_run_directory_per_run(tmp_path, launcher):
     if launcher == "torchrun":
         proc = run_cli([*TINY, "trainer.micro_batch_size=2"], cwd=tmp_path, torchrun_nproc=2)
@@ -110,7 +113,7 @@ def test_failing_rank_fails_the_run_with_its_error(tmp_path):
     assert "trainer.on_nonfinite=skip drops such updates" in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_qwen05b_architecture_random_init_one_step(tmp_path):
     run_dir = tmp_path / "qwen"
     proc = run_cli(["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "trainer.steps=1",
@@ -126,6 +129,7 @@ def test_qwen05b_architecture_random_init_one_step(tmp_path):
     assert abs(step["loss"] - math.log(151936)) < 1.0  # fresh weights: near-uniform predictions
 
 
+@FULL
 def test_bf16_on_cpu_warns_and_keeps_fp32_master_weights(tmp_path, reference):
     run_dir = run_tiny(tmp_path, "bf16", ["trainer.precision=bf16", "trainer.steps=2"])
     assert "bf16 on CPU" in (run_dir / "train.log").read_text()

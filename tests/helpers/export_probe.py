@@ -10,7 +10,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import TINY, compose_cfg  # noqa: E402
-
 from cpt import distributed  # noqa: E402
 from cpt.config import to_run_config  # noqa: E402
 from cpt.data.loader import MixtureLoader  # noqa: E402
