@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from cpt.checkpoint import META
 from cpt.cli import UserError, user_errors
-from cpt.config import EvalConfig, to_run_config, validate_eval
+from cpt.config import EvalConfig, to_run_config
 from cpt.data.loader import TokenStream, num_windows
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
 from cpt.distributed import resolve_device
@@ -30,6 +30,7 @@ from cpt.export import export_checkpoint
 from cpt.heldout import perplexity, summed_loss
 from cpt.logs import setup_logging
 from cpt.tokenizer import HFTokenizer, identity, same_ids
+from cpt.validate import validate_eval
 
 log = logging.getLogger("cpt.evaluate")
 

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cpt.cli import user_errors
-from cpt.config import DataConfig, RunConfig, to_run_config, validate_data
+from cpt.config import DataConfig, RunConfig, to_run_config
 from cpt.data.clean import clean_text, length_problem
 from cpt.data.convert import FileError, convert_file, detect_format, expand_paths
 from cpt.data.dedup import Deduplicator
@@ -32,6 +32,7 @@ from cpt.data.prepare_report import PrepareError, PrepareReport
 from cpt.data.split import split_of
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity
+from cpt.validate import validate_data
 
 log = logging.getLogger("cpt.prepare")
 

@@ -25,8 +25,9 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from cpt import distributed
 from cpt.cli import user_errors
-from cpt.config import DataConfig, RunConfig, to_run_config, validate
+from cpt.config import DataConfig, RunConfig, to_run_config
 from cpt.logs import setup_logging
+from cpt.validate import validate
 
 log = logging.getLogger("cpt.run")
 

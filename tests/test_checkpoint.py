@@ -77,7 +77,6 @@ def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
     assert curve(run_dir) == reference
 
 
-@FULL
 def test_keep_last_k(tmp_path):
     run_dir, _ = run(tmp_path, "k", [*ONE, "checkpoint.interval=1", "checkpoint.keep_last=2"])
     ckpts = run_dir / "checkpoints"
@@ -100,7 +99,6 @@ def test_resharded_resume_continues_the_curve(tmp_path, reference, first, second
         assert "written by 2 ranks, this run has 1" in (run_dir / "train.log").read_text()
 
 
-@FULL
 def test_async_save_gives_the_same_run_as_sync(tmp_path, reference):
     run_dir, _ = run(tmp_path, "a", [*TWO, "checkpoint.async_save=true"], {"CPT_FAULT_KILL": "0:5"}, ok=False)
     # step 4 was still being written in the background when rank 0 died: step 2 is the latest complete one
@@ -134,7 +132,6 @@ def test_nan_is_skipped_and_never_reaches_disk(tmp_path):
     assert weights and all(torch.equal(step2[k], step3[k]) for k in weights)  # the NaN step changed nothing
 
 
-@FULL
 def test_nan_stops_the_run_by_default_and_keeps_the_last_checkpoint(tmp_path):
     run_dir, proc = run(tmp_path, "n", [*ONE, "checkpoint.interval=1"], {"CPT_FAULT_NAN": "3"}, ok=False)
     assert proc.returncode != 0 and "step 3: non-finite loss" in proc.stderr and "on_nonfinite=skip" in proc.stderr

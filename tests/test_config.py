@@ -9,7 +9,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import CONF, compose_cfg, run_cli
-from cpt.config import ConfigError, RunConfig, Schedule, Strategy, to_run_config, validate
+from cpt.config import ConfigError, RunConfig, Schedule, Strategy, to_run_config
+from cpt.validate import validate
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 FSDPS = sorted(p.stem for p in (CONF / "fsdp").glob("*.yaml"))

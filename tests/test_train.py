@@ -43,19 +43,18 @@ def _curve(records):
 
 
 @pytest.mark.parametrize("name,extra", [
-    pytest.param("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"], marks=FULL),
+    ("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"]),
     ("full_shard", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=full_shard"]),
-    pytest.param("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"],
-                 marks=FULL),
+    ("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"]),
     # DDP with accumulation: gradients stay local on the first micro-batch (set_requires_gradient_sync)
-    pytest.param("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                                    "fsdp=no_shard"], marks=FULL),
-    pytest.param("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"], marks=FULL),
-    pytest.param("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                              "trainer.activation_checkpointing=true"], marks=FULL),
-    pytest.param("compile", ["trainer.compile=true"], marks=FULL),
-    pytest.param("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
-                                "fsdp.shard_size=2"], marks=FULL),
+    ("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                        "fsdp=no_shard"]),
+    ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
+    ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                  "trainer.activation_checkpointing=true"]),
+    pytest.param("compile", ["trainer.compile=true"], marks=FULL),  # ~30 s of inductor compilation
+    ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
+                    "fsdp.shard_size=2"]),
 ])
 def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
     records = read_metrics(run_tiny(tmp_path, name, extra))
