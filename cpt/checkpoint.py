@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -150,6 +151,11 @@ class Checkpointer:
         # an async save runs collectives from a background thread: they need their own group, or they interleave
         # with training's collectives on the default one
         self.group = dist.new_group(backend="gloo") if cfg.async_save else None
+        # on GPU, async saves stage into pinned host buffers allocated once and reused by every save
+        self.stager = None
+        if cfg.async_save and env.device.type == "cuda":
+            self.stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
+                                                       use_async_staging=False, use_non_blocking_copy=True))
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for partial in self.root.glob(".tmp-*"):
@@ -180,7 +186,8 @@ class Checkpointer:
             if self.config_yaml.is_file():
                 shutil.copy(self.config_yaml, tmp / "config.yaml")
         if self.cfg.async_save:
-            future = dcp.async_save(sharded, checkpoint_id=str(tmp), process_group=self.group)
+            future = dcp.async_save(sharded, checkpoint_id=str(tmp), process_group=self.group,
+                                    async_stager=self.stager)
             self.pending = (future, tmp, step)
             log.info("checkpoint %s: staged in %.2f s, writing in the background", step_name(step),
                      time.perf_counter() - start)

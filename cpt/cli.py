@@ -5,16 +5,16 @@ User errors are UserError and its subclasses, raised where the user has to fix s
 keeps its full traceback.
 
     @hydra.main(...)
-    @user_errors()        # below @hydra.main, or Hydra prints its traceback first
+    @user_errors          # below @hydra.main, or Hydra prints its traceback first
     def main(cfg): ...
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import NoReturn
 
 EXIT_USER_ERROR = 2
@@ -31,14 +31,18 @@ def fail(error: BaseException) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """`with user_errors():` or `@user_errors()` on a command's main: a user error ends the process with
-    `error: <message>` and exit status 2. In a submitit job (a sweep's job) it is raised as is, for submitit to
-    report it to the sweep."""
-    try:
-        yield
-    except UserError as e:
-        if "SUBMITIT_EXECUTOR" in os.environ:
-            raise
-        fail(e)
+def user_errors(main: Callable) -> Callable:
+    """`@user_errors` on a command's main: a user error ends the process with `error: <message>` and exit status 2.
+    In a submitit job (a sweep's job) it is raised as is, for submitit to report it to the sweep. A plain wrapper
+    (no generator, no context manager object): submitit pickles the decorated task function."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            if "SUBMITIT_EXECUTOR" in os.environ:
+                raise
+            fail(e)
+
+    return wrapper

@@ -55,6 +55,16 @@ class NonFinite(str, Enum):
     stop = "stop"  # stop the run with an error; the last checkpoint stays valid
 
 
+class LossImpl(str, Enum):
+    chunked = "chunked"  # cross-entropy through the lm_head a chunk of tokens at a time: never the whole logits
+    plain = "plain"  # the model's full logits, upcast to fp32 (what HF Trainer does)
+
+
+class AccumReduce(str, Enum):
+    last = "last"  # full_shard/shard_grad_op: reduce-scatter once per step; unsharded fp32 grads live in between
+    every = "every"  # reduce-scatter every micro-step: sharded grads only (less memory), one collective per micro-step
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -203,6 +213,10 @@ class TrainerConfig:
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU where the device table has none (CPU)
     progress_bar: bool = True
     on_nonfinite: NonFinite = NonFinite.stop  # a NaN/inf loss or gradient norm: skip the update or stop
+    loss: LossImpl = LossImpl.chunked  # how the cross-entropy meets the vocabulary (cpt/loss.py)
+    # gradient accumulation under FSDP: when micro-steps reduce-scatter (hybrid_shard always reduce-scatters and
+    # all-reduces across replicas on the last micro-step only; DDP reduces on the last one)
+    accum_reduce: AccumReduce = AccumReduce.last
 
 
 @dataclass

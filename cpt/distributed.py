@@ -54,7 +54,25 @@ def resolve_device(device: Device) -> str:
 
 
 def backend_for(device_type: str) -> str:
+    """gloo on CPU; on GPU nccl for CUDA tensors plus gloo for CPU ones, always: the CPU-offloaded state of
+    fsdp=offload and the object collectives of DCP's save/load planning carry CPU tensors, and a second
+    communicator costs nothing per step."""
     return "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+
+
+def cuda_index(local_rank: int, device_count: int) -> int:
+    """The GPU of a rank: its local rank, modulo the GPUs it sees (a Slurm task bound to one GPU sees only device 0,
+    whatever its local rank)."""
+    if device_count < 1:
+        raise RuntimeError("trainer.device=cuda but this process sees no GPU (CUDA_VISIBLE_DEVICES?)")
+    return local_rank % device_count
+
+
+def configure_cuda() -> None:
+    """fp32 matmuls and convolutions on tensor cores (TF32): ~7x faster than full fp32, and what the fp32 entries of
+    the peak table (cpt.metrics) assume."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
 
 
 def init_process_group(device_type: str) -> None:
@@ -62,14 +80,15 @@ def init_process_group(device_type: str) -> None:
     if dist.is_initialized():
         return
     rank, local_rank, world, _ = env_world()
+    device_id = None
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        device_id = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
+        torch.cuda.set_device(device_id)
     if "MASTER_ADDR" not in os.environ:  # a lone process: a private rendezvous
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
-    dist.init_process_group(
-        backend=backend_for(device_type), rank=rank, world_size=world, timeout=timedelta(minutes=30)
-    )
+    dist.init_process_group(backend=backend_for(device_type), rank=rank, world_size=world,
+                            timeout=timedelta(minutes=30), device_id=device_id)  # device_id: NCCL connects eagerly
 
 
 def setup(device: Device, num_threads: int | None) -> DistEnv:
@@ -77,10 +96,12 @@ def setup(device: Device, num_threads: int | None) -> DistEnv:
     rank, local_rank, world, local_world = env_world()
     if device_type == "cpu":
         torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
-    elif num_threads:
-        torch.set_num_threads(num_threads)
+    else:
+        configure_cuda()
+        if num_threads:
+            torch.set_num_threads(num_threads)
     init_process_group(device_type)
-    dev = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
+    dev = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
     return DistEnv(rank, local_rank, world, local_world, dev)
 
 

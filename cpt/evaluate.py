@@ -25,7 +25,7 @@ from cpt.cli import UserError, user_errors
 from cpt.config import EvalConfig, to_run_config
 from cpt.data.loader import TokenStream, num_windows
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
-from cpt.distributed import resolve_device
+from cpt.distributed import configure_cuda, resolve_device
 from cpt.export import export_checkpoint
 from cpt.heldout import perplexity, summed_loss
 from cpt.logs import setup_logging
@@ -94,6 +94,8 @@ def markdown(results: dict, changes: dict, baseline: str, domain: str) -> str:
 def evaluate(cfg: EvalConfig, out: Path) -> dict:
     validate_eval(cfg)
     device = torch.device(resolve_device(cfg.device))
+    if device.type == "cuda":
+        configure_cuda()
     # one process: all cores unless told otherwise (OMP_NUM_THREADS=1, as the Makefile exports for its ranks, would
     # otherwise leave it on one thread)
     torch.set_num_threads(cfg.num_threads or os.cpu_count() or 1)
@@ -134,7 +136,7 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
-@user_errors()  # below @hydra.main, or Hydra prints its traceback first
+@user_errors  # below @hydra.main, or Hydra prints its traceback first
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

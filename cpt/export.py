@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cpt.cli import user_errors
 from cpt.distributed import DistEnv
 from cpt.model import hf_config, tied_keys
 from cpt.tokenizer import Tokenizer
@@ -123,10 +124,9 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
     return out
 
 
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     import argparse
-
-    from cpt.cli import user_errors
 
     p = argparse.ArgumentParser(prog="python -m cpt.export",
                                 description="Turn a cpt checkpoint into a transformers model directory.")
@@ -136,10 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with user_errors():
-        out = export_checkpoint(args.checkpoint, args.out)
-        if args.push_to_hub:
-            push(out, args.push_to_hub, private=not args.public)
+    out = export_checkpoint(args.checkpoint, args.out)
+    if args.push_to_hub:
+        push(out, args.push_to_hub, private=not args.public)
     print(out)
 
 

@@ -67,7 +67,7 @@ def generate(model, tokenizer, prompt: str, args: argparse.Namespace) -> str:
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-@user_errors()
+@user_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model, tokenizer = load(args.model, args.device)

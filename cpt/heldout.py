@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cpt.config import LossImpl
 from cpt.data.loader import Batch, TokenStream, num_windows, to_batch
 from cpt.loss import lm_loss
 
@@ -41,14 +42,14 @@ def window_batches(stream: TokenStream, windows: range, seq_len: int, batch_size
 
 @torch.no_grad()
 def summed_loss(model: nn.Module, stream: TokenStream, windows: range, seq_len: int, batch_size: int,
-                device: torch.device, amp=nullcontext()) -> torch.Tensor:
+                device: torch.device, amp=nullcontext(), impl: LossImpl = LossImpl.chunked) -> torch.Tensor:
     """[summed token loss, token count] over the windows, as a float64 tensor on `device` (ready to all-reduce)."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for inputs, targets in window_batches(stream, windows, seq_len, batch_size, device):
         with amp:
-            total[0] += lm_loss(model, inputs, targets, reduction="sum").double()
+            total[0] += lm_loss(model, inputs, targets, reduction="sum", impl=impl).double()
         total[1] += targets.numel()
     model.train(was_training)
     return total

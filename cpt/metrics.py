@@ -39,13 +39,21 @@ PEAK_FLOPS = {
 }
 
 
+def matmul_params(model: nn.Module) -> int:
+    """Parameters that take part in a matmul: every unique parameter, less the input embedding (a lookup), plus the
+    output projection. Tied embeddings: the unique count itself (the lm_head is the embedding); untied: all but the
+    input embedding."""
+    unique = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    embedding = model.get_input_embeddings().weight.numel()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    return unique - embedding + (model.get_output_embeddings().weight.numel() if tied else 0)
+
+
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6*N (N counts the lm_head even when it is tied to the embedding) plus the
-    attention score/value matmuls, 12 * layers * heads * head_dim * seq_len."""
+    """Training FLOPs per token: 6 * matmul_params (forward 2, backward 4) plus the attention score and value
+    matmuls, 12 * layers * heads * head_dim * seq_len."""
     cfg = model.config
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    if getattr(cfg, "tie_word_embeddings", False):
-        params += model.get_output_embeddings().weight.numel()
+    params = matmul_params(model)
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     return 6 * params + 12 * cfg.num_hidden_layers * heads * head_dim * seq_len
@@ -65,11 +73,17 @@ def peak_flops(device: torch.device, dtype: torch.dtype, configured: Optional[fl
     return None
 
 
-def peak_memory_mib(device: torch.device) -> float:
-    """Peak memory of this rank so far: CUDA allocator peak on GPU, process peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def memory_report(device: torch.device) -> dict:
+    """This rank's memory. GPU: the allocator's peak since the last report (the counter is reset after reading), the
+    memory it holds reserved, and how often it had to free its cache and retry (fragmentation: a sign to lower the
+    micro-batch or set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True). CPU: the process peak RSS so far."""
+    if device.type != "cuda":
+        return {"peak_mem_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    stats = torch.cuda.memory_stats(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"peak_mem_mib": stats.get("allocated_bytes.all.peak", 0) / 2**20,
+            "reserved_mib": stats.get("reserved_bytes.all.current", 0) / 2**20,
+            "alloc_retries": stats.get("num_alloc_retries", 0)}
 
 
 def local_state_mib(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -89,14 +103,18 @@ class Throughput:
     """Tokens/s and MFU over the training time since the last report (validation time excluded). Read at log
     steps only, so it adds no per-step host sync."""
 
-    def __init__(self, flops_per_token: float, peak: Optional[float], world_size: int):
-        self.flops_per_token, self.peak, self.world = flops_per_token, peak, world_size
+    def __init__(self, flops_per_token: float, peak: Optional[float], world_size: int,
+                 device: torch.device = torch.device("cpu")):
+        self.flops_per_token, self.peak, self.world, self.device = flops_per_token, peak, world_size, device
         self.tokens, self.elapsed, self.start = 0, 0.0, time.perf_counter()
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
 
     def pause(self) -> None:
+        """End a timed stretch: waits for the device's queued work, so the time is the work's, not its launch's."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         self.elapsed += time.perf_counter() - self.start
 
     def resume(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -20,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from cpt.config import FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
+from cpt.config import AccumReduce, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
 from cpt.distributed import DistEnv
 from cpt.model import build_model
 
@@ -56,6 +57,13 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+def has_dropout(model: nn.Module) -> bool:
+    config = model.config
+    rates = [getattr(config, key, 0.0) or 0.0 for key in ("attention_dropout", "hidden_dropout", "dropout")]
+    rates += [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    return any(rate > 0 for rate in rates)
+
+
 def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
     for parent in model.modules():
         for name, child in parent.named_children():
@@ -77,6 +85,21 @@ def autocast(model: nn.Module, precision: Precision, device: torch.device):
     if isinstance(model, FSDPModule) or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def gradient_sync(model: nn.Module, fsdp: FSDPConfig, accum_reduce: AccumReduce) -> Callable[[bool], None]:
+    """What a micro-step of gradient accumulation sets before its backward, called with True on the last one.
+    hybrid_shard reduce-scatters within its shard group every micro-step (sharded gradients only) and all-reduces
+    across replicas, the slow inter-node part, on the last; full_shard / shard_grad_op do the same with
+    accum_reduce=every, or keep unsharded fp32 gradients and reduce once with accum_reduce=last; DDP reduces on the
+    last micro-step only; a 1-rank module has nothing to reduce."""
+    if not hasattr(model, "set_requires_gradient_sync"):
+        return lambda last: None
+    if isinstance(model, FSDPModule) and fsdp.strategy == Strategy.hybrid_shard:
+        return model.set_requires_all_reduce
+    if isinstance(model, FSDPModule) and accum_reduce == AccumReduce.every:
+        return lambda last: None
+    return model.set_requires_gradient_sync
 
 
 def build_parallel_model(cfg: RunConfig, env: DistEnv) -> nn.Module:
@@ -119,10 +142,14 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv) -> nn.Module:
 def wrap_blocks(model: nn.Module, trainer: TrainerConfig) -> list[nn.Module]:
     """Activation checkpointing and compile, per decoder block, in place; returns the blocks as they now are."""
     blocks = []
+    # recomputation must replay the same dropout masks only where there is dropout: saving and restoring the RNG
+    # state around every block costs a device sync each
+    preserve_rng = has_dropout(model)
     for layer in decoder_layers(model):
         block = layer
         if trainer.activation_checkpointing:
-            block = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+            block = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
+                                       preserve_rng_state=preserve_rng)
         if trainer.compile:
             block.compile()
         if block is not layer:
@@ -137,8 +164,10 @@ def shard(model: nn.Module, blocks: list[nn.Module], fsdp: FSDPConfig, dtype: to
     mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if fsdp.cpu_offload else OffloadPolicy()
     reshard = fsdp.strategy != Strategy.shard_grad_op
-    for block in blocks:
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp, offload_policy=offload)
+    for i, block in enumerate(blocks):
+        # the last block's parameters are the first backward needs: keep them gathered after forward
+        last = i == len(blocks) - 1
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard and not last, mp_policy=mp, offload_policy=offload)
     # the root (embeddings, final norm, lm_head) is needed again right away by backward: keep it gathered
     fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp, offload_policy=offload)
     return mesh

@@ -149,7 +149,7 @@ def swap_in(tmp: Path, out: Path) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
-@user_errors()
+@user_errors
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

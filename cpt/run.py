@@ -93,7 +93,7 @@ def check_prepared(cfg: DataConfig) -> None:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-@user_errors()
+@user_errors
 def main(cfg: DictConfig) -> Optional[float]:
     adopt_submitit_rank()
     wandb_naming(cfg)

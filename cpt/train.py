@@ -5,7 +5,7 @@ schedule) with metrics at log steps and validation at eval steps."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
@@ -18,17 +18,17 @@ from torch.distributed.tensor import DTensor
 
 from cpt import distributed, faults, tracking
 from cpt.checkpoint import Checkpointer, resolve_resume
-from cpt.config import RunConfig, TrainerConfig
+from cpt.config import LossImpl, RunConfig, TrainerConfig
 from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.export import export_model
 from cpt.heldout import perplexity, rank_windows, summed_loss
 from cpt.logs import setup_logging
 from cpt.loss import lm_loss
-from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, peak_flops, peak_memory_mib
+from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, memory_report, peak_flops
 from cpt.model import check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
-from cpt.parallelize import autocast, build_parallel_model, compute_dtype
+from cpt.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync
 from cpt.tokenizer import build_tokenizer
 from cpt.train_state import NonFiniteGuard, TrainState
 
@@ -36,18 +36,19 @@ log = logging.getLogger(__name__)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
-               grad_clip: Optional[float], amp=nullcontext(), inject_nan: bool = False
+               grad_clip: Optional[float], amp=nullcontext(), inject_nan: bool = False,
+               sync: Callable[[bool], None] = lambda last: None, loss_impl: LossImpl = LossImpl.chunked,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step over `grad_accum` micro-batches; gradients are reduced only on the last one.
+    """One optimizer step over `grad_accum` micro-batches; `sync(is_last)` says before each backward what that
+    micro-step reduces (cpt.parallelize.gradient_sync).
     Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
     was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
     weights and moments untouched, without the host waiting for the step to finish."""
     loss_sum = None
     for i, (inputs, targets) in enumerate(batches):
-        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 and DDP (replicate); a 1-rank module has none
-            model.set_requires_gradient_sync(i == grad_accum - 1)
+        sync(i == grad_accum - 1)
         with amp:
-            loss = lm_loss(model, inputs, targets) / grad_accum
+            loss = lm_loss(model, inputs, targets, impl=loss_impl) / grad_accum
         if inject_nan:
             loss = loss * float("nan")
         loss.backward()
@@ -70,7 +71,7 @@ def validation_losses(model: nn.Module, streams: dict[str, TokenStream], t: Trai
     totals = torch.stack([
         summed_loss(model, stream, rank_windows(stream, t.seq_len, env.rank, env.world_size,
                                                 t.eval_batches * t.micro_batch_size),
-                    t.seq_len, t.micro_batch_size, env.device, amp)
+                    t.seq_len, t.micro_batch_size, env.device, amp, t.loss)
         for stream in streams.values()])
     dist.all_reduce(totals)
     losses = {name: (totals[i, 0] / totals[i, 1]).item() for i, name in enumerate(streams) if totals[i, 1] > 0}
@@ -104,6 +105,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
     amp = autocast(model, t.precision, env.device)
+    sync = gradient_sync(model, cfg.fsdp, t.accum_reduce)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     weights = {s.name: s.weight for s in cfg.data.sources}
@@ -141,10 +143,10 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     if state.step == 0:
         val_loss = validate_and_log(0)
         check_weights_loaded(val_loss, vocab_size, cfg.model)
-    throughput = Throughput(fpt, peak, env.world_size)
+    throughput = Throughput(fpt, peak, env.world_size, env.device)
     while state.step < t.steps:
         loss, grad_norm, bad = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                          cfg.optim.grad_clip, amp, inject_nan=faults.nan_at(state.step + 1))
+                                          cfg.optim.grad_clip, amp, faults.nan_at(state.step + 1), sync, t.loss)
         state.step += 1
         done = state.step
         guard.record(bad, done)
@@ -156,7 +158,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             skipped = guard.check(done)
             record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens": done * tokens_per_step, **throughput.report(),
-                      "peak_mem_mib": peak_memory_mib(env.device)}
+                      **memory_report(env.device)}
             if skipped:
                 record["skipped_steps"] = skipped
             if done == t.log_interval or done == t.steps:

@@ -67,7 +67,7 @@ def test_export_with_a_missing_checkpoint(tmp_path):
 
 
 def test_only_user_errors_are_shortened(capsys):
-    @user_errors()
+    @user_errors
     def main(error: Exception):
         raise error
 
@@ -77,3 +77,15 @@ def test_only_user_errors_are_shortened(capsys):
     assert capsys.readouterr().err == "error: first line second line\n"
     with pytest.raises(KeyError):  # a bug keeps its traceback
         main(KeyError("x"))
+
+
+def test_decorated_mains_pickle_for_submitit():
+    """Hydra's submitit launcher pickles the task function (cloudpickle): the decorator must not capture anything
+    unpicklable (a contextmanager-based one held a generator and broke every sweep)."""
+    import cloudpickle
+
+    from cpt import run
+
+    task = run.main.__wrapped__  # what @hydra.main hands to the launcher: the @user_errors-wrapped function
+    restored = cloudpickle.loads(cloudpickle.dumps(task))
+    assert restored.__name__ == "main" and restored.__wrapped__ is not None

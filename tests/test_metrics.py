@@ -11,11 +11,15 @@ from cpt.metrics import PEAK_FLOPS, Throughput, flops_per_token, peak_flops
 from cpt.model import build_model, count_params
 
 
-def test_flops_per_token_counts_tied_lm_head_and_attention():
-    cfg = to_run_config(compose_cfg(["model=tiny"]))
+@pytest.mark.parametrize("tied", [True, False])
+def test_flops_per_token_counts_matmul_parameters_and_attention(tied):
+    """Tied: the embedding matrix is used once, as the lm_head (a lookup is no matmul); untied: the lm_head counts,
+    the input embedding does not."""
+    cfg = to_run_config(compose_cfg(["model=tiny", f"model.arch.tie_word_embeddings={tied}"]))
     model = build_model(cfg.model)
     a = cfg.model.arch
-    n = count_params(model) + a.vocab_size * a.hidden_size  # the tied lm_head counted again
+    blocks = count_params(model) - a.vocab_size * a.hidden_size * (1 if tied else 2)  # decoder layers + final norm
+    n = blocks + a.vocab_size * a.hidden_size
     attention = 12 * a.num_hidden_layers * a.num_attention_heads * (a.hidden_size // a.num_attention_heads) * 128
     assert flops_per_token(model, 128) == 6 * n + attention
 
@@ -25,8 +29,7 @@ def test_qwen05b_flops_per_token():
     with torch.device("meta"):
         model = build_model(cfg.model)
     assert count_params(model) == 494_032_768
-    expected = 6 * (494_032_768 + 151_936 * 896) + 12 * 24 * 14 * 64 * 2048
-    assert flops_per_token(model, 2048) == expected
+    assert flops_per_token(model, 2048) == 6 * 494_032_768 + 12 * 24 * 14 * 64 * 2048 == 3_492_678_912
 
 
 def test_peak_flops_known_unknown_and_configured():
