@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup assets test test-full lint demo bench clean
+.PHONY: setup assets test test-full lint demo bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ demo: assets
 	@echo; echo "Held-out perplexity, base vs continued pretraining (outputs/demo/eval/report.md):"; \
 		cat outputs/demo/eval/report.md
 
+# the GPU acceptance check: run it first on a new GPU machine or cluster (bench/gpu_check.py, ~10 min)
+gpu-check: setup
+	$(PY) bench/gpu_check.py
+
 bench: assets
 	$(PY) bench/vs_hf_trainer.py
 	$(PY) bench/vs_hf_trainer.py --nproc 2 --fsdp no_shard
@@ -50,6 +54,7 @@ bench: assets
 	$(PY) bench/fsdp_strategies.py
 	$(PY) bench/profile_step.py
 	$(PY) bench/gpu_mfu.py $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
+	$(PY) bench/loss_memory.py
 	$(PY) bench/prepare_throughput.py
 	$(PY) bench/checkpoint_resume.py
 

@@ -28,7 +28,13 @@ SIZES = {
     "tiny": dict(hidden=64, layers=2, heads=4, inter=256, seq=64, batch=2),
     "small": dict(hidden=256, layers=4, heads=8, inter=1024, seq=128, batch=4),  # 3.9M parameters
     "medium": dict(hidden=512, layers=8, heads=8, inter=2048, seq=256, batch=4),  # 30.7M parameters
+    # Qwen2.5's vocabulary on a small body: where the loss's logits, not the model, decide the memory
+    "vocab151k": dict(hidden=64, layers=2, heads=4, inter=256, seq=1024, batch=4, vocab=151_936),
 }
+
+
+# the Qwen2.5-0.5B architecture with fresh weights over the bench's byte tokens (the GPU machine needs no assets)
+QWEN05B = ["model=qwen0.5b", "model.random_init=true", "model.tokenizer=byte", "model.tokenizer_fallback=null"]
 
 
 def data_overrides(data_root: Path = DATA_ROOT) -> list[str]:
@@ -44,7 +50,7 @@ def run_overrides(size: str, data_root: Path = DATA_ROOT) -> list[str]:
             f"model.arch.intermediate_size={s['inter']}",
             f"model.arch.num_hidden_layers={s['layers']}", f"model.arch.num_attention_heads={s['heads']}",
             f"trainer.seq_len={s['seq']}", f"trainer.micro_batch_size={s['batch']}",
-            "optim.lr=1e-3", "trainer.num_threads=1"]
+            f"model.arch.vocab_size={s.get('vocab', 512)}", "optim.lr=1e-3", "trainer.num_threads=1"]
 
 
 def arg_parser(doc: str, reps: int, steps: int = 40, warmup: int = 10) -> argparse.ArgumentParser:
@@ -88,14 +94,17 @@ def steady_rate(records: list[dict]) -> float:
     return sum(tokens) / sum(seconds)
 
 
-def cpt_run(overrides: list[str], steps: int, warmup: int, nproc: int = 1) -> dict:
-    """`python -m cpt.run` exactly as a user runs it; throughput from its metrics (validation excluded)."""
+def cpt_run(overrides: list[str], steps: int, warmup: int, nproc: int = 1, check: bool = True) -> dict | None:
+    """`python -m cpt.run` exactly as a user runs it; throughput from its metrics (validation excluded). A failed
+    run exits, or returns None with check=False (e.g. probing for the largest micro-batch that fits)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cpt.run", *overrides, f"trainer.nproc_per_node={nproc}",
                f"trainer.steps={steps}", f"trainer.log_interval={warmup}", "trainer.eval_interval=0",
                "trainer.eval_batches=1", "trainer.progress_bar=false", "checkpoint.at_end=false",
                "export.enabled=false", f"hydra.run.dir={tmp}/run"]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
+        if proc.returncode and not check:
+            return None
         if proc.returncode:
             sys.exit(f"cpt.run {' '.join(overrides)} failed:\n{proc.stderr[-4000:]}")
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]

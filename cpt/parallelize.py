@@ -27,6 +27,10 @@ from cpt.model import build_model
 
 log = logging.getLogger(__name__)
 
+# architectures whose decoder blocks compile to one graph (fullgraph=True; checked with and without activation
+# checkpointing); others compile with graph breaks allowed, and the breaks are logged after the first step
+FULLGRAPH_MODEL_TYPES = {"qwen2", "llama"}
+
 
 def compute_dtype(precision: Precision, device: torch.device) -> torch.dtype:
     if precision == Precision.auto:
@@ -55,6 +59,18 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     if not layers:
         raise ValueError(f"{type(model).__name__}: no decoder layers found (its _no_split_modules is {sorted(names)})")
     return layers
+
+
+def log_graph_breaks() -> None:
+    """After the first compiled step: graph breaks split a block into several graphs (slower); say how many, and why."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    if breaks:
+        log.warning("torch.compile: %d graph breaks in the decoder blocks: %s", sum(breaks.values()),
+                    "; ".join(f"{reason[:120]} (x{n})" for reason, n in list(breaks.items())[:5]))
+    else:
+        log.info("torch.compile: every decoder block is one graph")
 
 
 def has_dropout(model: nn.Module) -> bool:
@@ -150,8 +166,8 @@ def wrap_blocks(model: nn.Module, trainer: TrainerConfig) -> list[nn.Module]:
         if trainer.activation_checkpointing:
             block = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
                                        preserve_rng_state=preserve_rng)
-        if trainer.compile:
-            block.compile()
+        if trainer.compile:  # one graph per block where the architecture is known to allow it
+            block.compile(fullgraph=model.config.model_type in FULLGRAPH_MODEL_TYPES)
         if block is not layer:
             _replace(model, layer, block)
         blocks.append(block)

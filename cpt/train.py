@@ -28,7 +28,7 @@ from cpt.loss import lm_loss
 from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, memory_report, peak_flops
 from cpt.model import check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
-from cpt.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync
+from cpt.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync, log_graph_breaks
 from cpt.tokenizer import build_tokenizer
 from cpt.train_state import NonFiniteGuard, TrainState
 
@@ -149,6 +149,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
                                           cfg.optim.grad_clip, amp, faults.nan_at(state.step + 1), sync, t.loss)
         state.step += 1
         done = state.step
+        if t.compile and done == 1:
+            log_graph_breaks()
         guard.record(bad, done)
         lr = scheduler.get_last_lr()[0]
         scheduler.step()

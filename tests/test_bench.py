@@ -57,3 +57,13 @@ def test_gpu_mfu_runs_on_cpu_at_a_small_size(bench_data):
     rows, out = bench("gpu_mfu.py", ["--cpu", *TINY, "--compile", "off", "--ac", "full"], bench_data)
     assert set(rows) == {"compile off, AC full"}  # activation checkpointing on the unwrapped 1-rank module
     assert number(rows["compile off, AC full"][0]) > 0 and "fastest: **compile off, AC full**" in out
+
+
+def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
+    """The GPU acceptance command, dry-run on CPU: strategies agree, the resume is exact, the export reloads, the MFU
+    matrix and the micro-batch probe run."""
+    _, out = bench("gpu_check.py", ["--cpu", "--steps", "6"], bench_data)
+    for strategy in ("full_shard", "shard_grad_op", "offload", "hybrid_shard", "no_shard"):
+        assert re.search(rf"^\| {strategy} \| 6 \| .* \| PASS \|$", out, re.M), out
+    assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
+    assert "largest micro-batch that fits" in out and out.rstrip().endswith("**GPU check: PASS**")

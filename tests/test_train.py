@@ -52,12 +52,23 @@ def _curve(records):
     ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
     ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                   "trainer.activation_checkpointing=true"]),
+    # full_shard reducing every micro-step (sharded gradients between micro-steps) instead of on the last one
+    ("accum_every", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                     "trainer.accum_reduce=every"]),
+    # 2 replicas of 1 shard: reduce-scatter every micro-step, the cross-replica all-reduce on the last one only
+    ("hybrid_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                      "fsdp=hybrid_shard", "fsdp.shard_size=1"]),
+    # the plain loss (full logits) against the chunked reference, through FSDP's gathered lm_head
+    ("plain_loss", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.loss=plain"]),
     pytest.param("compile", ["trainer.compile=true"], marks=FULL),  # ~30 s of inductor compilation
     ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
                     "fsdp.shard_size=2"]),
 ])
 def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
-    records = read_metrics(run_tiny(tmp_path, name, extra))
+    run_dir = run_tiny(tmp_path, name, extra)
+    records = read_metrics(run_dir)
+    if name == "compile":  # Qwen2 blocks compile with fullgraph=True
+        assert "every decoder block is one graph" in (run_dir / "train.log").read_text()
     ref, got = _curve(reference), _curve(records)
     assert len(got) == len(ref) == 6
     for (ref_loss, ref_norm), (loss, norm) in zip(ref, got):

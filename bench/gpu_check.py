@@ -1,0 +1,137 @@
+"""The GPU acceptance command: run it first on a new machine or cluster (`make gpu-check`). In about 10 minutes on
+whatever GPUs the machine has, it checks the path users train on and prints markdown for BENCHMARKS.md:
+
+1. every fsdp strategy — full_shard, shard_grad_op, offload, and with 2 or more GPUs hybrid_shard and no_shard —
+   trains the Qwen2.5-0.5B architecture (random init, bf16, seq 2048) for --steps steps on all GPUs; every loss
+   curve must stay within --tol of full_shard's (bf16 sums in another order: 0.05 by default);
+2. a run killed after a checkpoint and started again gives the uninterrupted run's losses (within --resume-tol;
+   bit-identical on CPU, GPU kernels may reduce in another order);
+3. the run's export reloads in transformers and scores one window as finitely as the run did;
+4. the MFU matrix of bench/gpu_mfu.py on one GPU (compile x activation checkpointing, chunked loss, and the plain
+   loss once) and the largest micro-batch of the fastest setting.
+Exit status 1 if a check fails.
+
+    python bench/gpu_check.py                 # on a GPU machine
+    python bench/gpu_check.py --cpu           # the same checks, tiny model, 2 CPU ranks (what the tests run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import QWEN05B, ROOT, child_env, data_overrides, header, prepare_data, run_overrides
+
+
+def train(overrides: list[str], run_dir: Path, fault: dict | None = None) -> list[float]:
+    """Per-step losses of `python -m cpt.run` (the last record of a step wins, as after a resume); [] if it failed."""
+    cmd = [sys.executable, "-m", "cpt.run", *overrides, "trainer.log_interval=1", "trainer.eval_interval=0",
+           "trainer.eval_batches=1", "trainer.progress_bar=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**child_env(), **(fault or {})})
+    if proc.returncode and not fault:
+        print(f"<!-- {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}\n-->", file=sys.stderr)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return []
+    by_step = {r["step"]: r["loss"] for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def max_diff(a: list[float], b: list[float]) -> float:
+    return max((abs(x - y) for x, y in zip(a, b)), default=float("inf")) if len(a) == len(b) else float("inf")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="tiny model on 2 CPU ranks (fp32) instead of the GPUs")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=4, help="micro-batch per GPU")
+    ap.add_argument("--tol", type=float, help="max loss difference between strategies (default 0.05 GPU, 1e-4 CPU)")
+    ap.add_argument("--resume-tol", type=float, help="max loss difference after a resume (default 1e-2 GPU, 0 CPU)")
+    args = ap.parse_args()
+    prepare_data()
+    if args.cpu:
+        gpus, tol, resume_tol = 2, 1e-4, 0.0
+        base = [*run_overrides("tiny"), "trainer.device=cpu", "trainer.nproc_per_node=2"]
+    else:
+        import torch
+
+        gpus, tol, resume_tol = torch.cuda.device_count(), 0.05, 1e-2
+        if gpus == 0:
+            sys.exit("no GPU: run with --cpu to check the script itself")
+        base = [*QWEN05B, *data_overrides(), "trainer.seq_len=2048", f"trainer.micro_batch_size={args.batch}",
+                "trainer.precision=bf16", "trainer.device=cuda", f"trainer.nproc_per_node={gpus}"]
+    tol = tol if args.tol is None else args.tol
+    resume_tol = resume_tol if args.resume_tol is None else args.resume_tol
+    base += [f"trainer.steps={args.steps}", "optim.warmup_steps=2", "checkpoint.at_end=false", "export.enabled=false"]
+    strategies = {name: [f"fsdp={name}"] for name in ("full_shard", "shard_grad_op", "offload")}
+    if gpus >= 2:  # hybrid: two replicas of a half-machine shard group
+        strategies |= {"hybrid_shard": ["fsdp=hybrid_shard", f"fsdp.shard_size={gpus // 2}"],
+                       "no_shard": ["fsdp=no_shard"]}
+    ok = True
+    print(header(f"GPU acceptance check ({gpus} {'CPU rank' if args.cpu else 'GPU'}{'s' if gpus > 1 else ''})",
+                 sys.argv, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = {name: train([*base, *extra], Path(tmp) / name) for name, extra in strategies.items()}
+        ref = curves["full_shard"]
+        print(f"| strategy | steps | first loss | last loss | max abs diff vs full_shard (tol {tol:g}) | check |")
+        print("|---|---|---|---|---|---|")
+        for name, curve in curves.items():
+            diff = max_diff(curve, ref)
+            good = len(curve) == args.steps and diff <= tol
+            ok &= good
+            first, last = (f"{curve[0]:.4f}", f"{curve[-1]:.4f}") if curve else ("—", "—")
+            print(f"| {name} | {len(curve)} | {first} | {last} | {diff:.2e} | {'PASS' if good else 'FAIL'} |")
+
+        half = args.steps // 2
+        resumed_dir = Path(tmp) / "resumed"
+        resumed = [*base, "fsdp=full_shard", f"checkpoint.interval={half}", "export.enabled=true"]
+        train(resumed, resumed_dir, {"CPT_FAULT_KILL": f"0:{half + 2}"})  # dies 2 steps after its checkpoint
+        diff = max_diff(train(resumed, resumed_dir), ref)
+        good_resume = diff <= resume_tol
+        export_check = check_export(resumed_dir / "hf", args.cpu)
+        ok &= good_resume and export_check.startswith("PASS")
+        print(f"\nResume after a kill at step {half + 2} (checkpoint at {half}): max abs loss diff vs the "
+              f"uninterrupted run {diff:.2e} (tol {resume_tol:g}): **{'PASS' if good_resume else 'FAIL'}**. "
+              f"Export reload: **{export_check}**.\n")
+    mfu = [sys.executable, str(ROOT / "bench" / "gpu_mfu.py"), "--max-batch"]
+    mfu += (["--cpu", "--size", "tiny", "--steps", "6", "--warmup", "2", "--compile", "off", "--batch-limit", "8"]
+            if args.cpu else [])
+    for extra in (["--loss", "chunked"], ["--loss", "plain", "--compile", "off", "--ac", "off"]):
+        if args.cpu and "--ac" in extra:
+            continue  # the CPU dry run keeps to one matrix
+        proc = subprocess.run([*mfu, *extra], capture_output=True, text=True, cwd=ROOT, env=child_env())
+        ok &= proc.returncode == 0
+        table = proc.stdout[proc.stdout.find("\n|"):].strip()  # gpu_mfu's table and findings, without its header
+        print(f"\n`{' '.join(['bench/gpu_mfu.py', *mfu[2:], *extra])}`:\n\n{table}" if proc.returncode == 0
+              else f"\nMFU matrix failed:\n{proc.stderr[-2000:]}")
+    print(f"\n**GPU check: {'PASS' if ok else 'FAIL'}**")
+    return 0 if ok else 1
+
+
+def check_export(hf: Path, cpu: bool) -> str:
+    """The exported directory loads in transformers and gives finite logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not (hf / "config.json").is_file():
+        return f"FAIL (no export at {hf})"
+    device = "cpu" if cpu else "cuda"
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).to(device)
+    ids = torch.arange(64, device=device)[None] % model.config.vocab_size
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    if not torch.isfinite(logits).all():
+        return "FAIL (non-finite logits)"
+    params = sum(p.numel() for p in model.parameters())
+    return f"PASS ({params:,} parameters, logits {tuple(logits.shape)})"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
