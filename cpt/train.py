@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 
 from cpt import distributed, faults, tracking
 from cpt.checkpoint import Checkpointer, resolve_resume
+from cpt.cli import UserError
 from cpt.config import LossImpl, RunConfig, TrainerConfig
 from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.manifest import load_manifest, open_streams
@@ -194,7 +195,7 @@ def validation_streams(cfg: RunConfig, manifest: dict, env: distributed.DistEnv)
             log.warning("source %s: too little validation text for one window of trainer.seq_len=%d per rank: "
                         "not validated", name, t.seq_len)
     if not streams:
-        raise ValueError(
+        raise UserError(
             f"prepared data '{cfg.data.name}' has too little validation text for one window of trainer.seq_len="
             f"{t.seq_len} per rank on {env.world_size} ranks: raise data.val_fraction or shorten trainer.seq_len"
         )
