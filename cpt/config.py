@@ -187,6 +187,9 @@ class DataConfig:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    # longer documents are cut into chunks of at most this many characters (at page breaks, paragraphs, lines)
+    # before dedup and split, so books and manuals get a validation share; null = never cut
+    chunk_chars: Optional[int] = 32000
     val_fraction: float = 0.1  # share of documents held out (by a hash of their text: stable, order-free)
     num_proc: int = 2  # tokenizer processes
     tokenize_batch: int = 256  # documents per tokenizer call

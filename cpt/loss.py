@@ -11,6 +11,7 @@ in-loop validation and `cpt.evaluate` all compute it here, in one of two ways (`
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -61,7 +62,10 @@ def hidden_states_out(model: nn.Module):
     head = model.get_output_embeddings()
     head.forward = _identity  # an instance attribute shadows nn.Linear.forward for this call only
     try:
-        yield head
+        with warnings.catch_warnings():
+            # the hidden states come out as a view of the last block's output; nothing writes to them in place
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            yield head
     finally:
         del head.forward
 

@@ -23,8 +23,9 @@ from omegaconf import DictConfig
 
 from cpt.cli import user_errors
 from cpt.config import DataConfig, RunConfig, to_run_config
+from cpt.data.chunk import split_document
 from cpt.data.clean import clean_text, length_problem
-from cpt.data.convert import FileError, convert_file, detect_format, expand_paths
+from cpt.data.convert import EmptyFileError, FileError, convert_file, detect_format, expand_paths
 from cpt.data.dedup import Deduplicator
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import pack_documents, token_dtype
@@ -66,16 +67,20 @@ def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Pat
                     entry["format"] = fmt = detect_format(path, source.format)
                     on_error = functools.partial(report.record_error, entry)  # (line, message)
                     for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
-                        text = clean_text(record.pop("text"), cfg.clean)
-                        doc_id = f"{source.name}:{path.name}#{n}"
-                        reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
-                        if reason:
-                            report.drop(entry, reason)
-                            continue
-                        split = split_of(text, cfg.val_fraction)
-                        doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record}
-                        outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
-                        report.keep(entry, split)
+                        for piece, where in split_document(record.pop("text"), cfg.chunk_chars):
+                            text = clean_text(piece, cfg.clean)
+                            doc_id = f"{source.name}:{path.name}#{n}" + (f"/{where['chunk']}" if where else "")
+                            reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
+                            if reason:
+                                report.drop(entry, reason)
+                                continue
+                            split = split_of(text, cfg.val_fraction)
+                            doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record,
+                                   **where}
+                            outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
+                            report.keep(entry, split)
+                except EmptyFileError as e:
+                    report.file_empty(entry, str(e))
                 except FileError as e:
                     report.file_failed(entry, str(e))
                 bar.update(1)
@@ -121,6 +126,15 @@ def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path) -> 
     report = PrepareReport(d.strict)
     convert_sources(d, files, tmp / "docs", report)
     report.log_summary()
+    for source in d.sources:
+        kept = report.kept.get(source.name)
+        for split, role in (("train", "training"), ("val", "validation")):
+            if kept and not kept[split]:
+                effect = ("training on it fails unless its weight is 0" if split == "train"
+                          else "its gain or forgetting cannot be measured")
+                report.warn(f"source {source.name}: no {role} document (all {sum(kept.values())} went to the other "
+                            f"split): {effect}; lower data.chunk_chars (now {d.chunk_chars}) to cut long documents, "
+                            f"or change data.val_fraction (now {d.val_fraction})")
     if not report.kept:
         raise PrepareError("no document survived conversion and filtering: see the problems logged above")
 

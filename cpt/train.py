@@ -110,6 +110,9 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
     weights = {s.name: s.weight for s in cfg.data.sources}
+    if env.is_main:
+        for name in [n for n, w in weights.items() if w == 0]:
+            log.info("source %s has weight 0: prepared and validated, not trained on", name)
     train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), weights, t.seq_len, t.micro_batch_size,
                                  t.grad_accum, env.rank, env.world_size, t.seed, env.device)
     val_streams = validation_streams(cfg, manifest, env)

@@ -106,6 +106,9 @@ def validate_data(cfg: DataConfig) -> None:
         raise ConfigError("data.sources", "every weight is 0: give at least one source a positive weight")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError("data.val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
+    if cfg.chunk_chars is not None and cfg.chunk_chars < max(1, cfg.clean.min_chars):
+        raise ConfigError("data.chunk_chars", f"must be null or >= data.clean.min_chars ({cfg.clean.min_chars}), "
+                          f"got {cfg.chunk_chars}")
     if cfg.clean.min_chars < 0 or (cfg.clean.max_chars is not None and cfg.clean.max_chars < cfg.clean.min_chars):
         raise ConfigError("data.clean.max_chars", "must be null or >= data.clean.min_chars >= 0")
     dedups = [("data.dedup", cfg.dedup)] + [(f"data.sources[{i}].dedup", s.dedup) for i, s in enumerate(cfg.sources)]

@@ -213,8 +213,8 @@ def test_pdf_running_headers_footers_and_dot_leaders_removed(tmp_path):
     assert errors == [] and doc["pages"] == 6
     assert "ACME" not in doc["text"] and "Page" not in doc["text"] and ". . . ." not in doc["text"]
     assert "...." not in doc["text"] and "Getting started" not in doc["text"]
-    assert doc["text"].startswith("Contents\nSo much for alpha.\n\n"
-                                  "The bravo part.\nMore on bravo.\nSee the appendix.\n\n")
+    assert doc["text"].startswith("Contents\nSo much for alpha.\f"  # pages end in page breaks (for chunking)
+                                  "The bravo part.\nMore on bravo.\nSee the appendix.\f")
     assert doc["text"].count("See the appendix.") == 2  # on 2 of 6 pages: not a running line
     (short,), _ = convert(write_pdf(tmp_path / "short.pdf", pages[1:4]))  # < 4 pages: nothing is a running line
     assert short["text"].count("ACME Handbook") == 3
@@ -230,7 +230,7 @@ def test_pdf_per_chapter_running_heads_with_page_numbers(tmp_path):
         head = str(n) if n % 2 else f"{n} {head}" if n % 4 == 0 else f"{head} {n}"  # two-sided: left pages
         pages.append([head, f"Text {w}.", f"{n} A footnote on {w}."])
     (doc,), _ = convert(write_pdf(tmp_path / "t.pdf", [["Title page"], ["Contents"], *pages]))
-    lines = doc["text"].split("\n")
+    lines = re.split(r"[\n\f]", doc["text"])
     assert not [line for line in lines if "Chapter" in line or line.isdigit()], lines
     assert all(f"Text {w}." in lines and f"{n} A footnote on {w}." in lines for n, w in enumerate(words, 1)), lines
 

@@ -100,3 +100,13 @@ def test_source_too_small_for_one_window_is_an_error(tmp_path):
     stream = make_stream(tmp_path, "tiny", np.arange(10))
     with pytest.raises(ValueError, match="trainer.seq_len"):
         loader({"tiny": stream}, {"tiny": 1.0})
+
+
+def test_a_weight_zero_source_is_never_drawn_whatever_its_size(tmp_path):
+    """Prepared for later (or only to be validated): an empty or tiny weight-0 source does not stop training."""
+    main = make_stream(tmp_path, "main", np.arange(16 * 40 + 1))
+    later = make_stream(tmp_path, "later", np.arange(5))  # not even one window
+    mixed = loader({"main": main, "later": later}, {"main": 1.0, "later": 0.0})
+    for _ in range(10):
+        mixed.next_batches()
+    assert mixed.state_dict()["consumed"] == {"main": 40, "later": 0}

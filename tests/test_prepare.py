@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -56,7 +57,8 @@ def test_shakespeare_twins_are_near_not_exact_duplicates(tmp_path):
     from cpt.config import DedupConfig, Shingle
 
     cfg = data_cfg(tmp_path, [{"name": "shk", "paths": [str(texts / "*_gut*.txt")],
-                               "dedup": DedupConfig(shingle=Shingle.skeleton, shingle_size=3, threshold=0.3)}])
+                               "dedup": DedupConfig(shingle=Shingle.skeleton, shingle_size=3, threshold=0.3)}],
+                   "data.chunk_chars=null")  # whole plays: the twins are whole-document near-duplicates
     out = prepare(cfg)
     report = json.loads((out / "report.json").read_text())
     dropped = report["summary"]["dropped"]["shk"]
@@ -90,7 +92,7 @@ def test_split_is_stable_and_independent_of_file_order(tmp_path):
     assert len(splits[0]["val"]) > 5 and len(splits[0]["train"]) > 20
 
 
-def test_bad_files_are_reported_and_skipped_or_fatal_when_strict(tmp_path):
+def test_bad_files_are_reported_and_skipped_or_fatal_when_strict(tmp_path, caplog):
     src = tmp_path / "src"
     src.mkdir()
     good = "A perfectly ordinary paragraph of English text, long enough to pass the length filter easily. " * 2
@@ -102,16 +104,25 @@ def test_bad_files_are_reported_and_skipped_or_fatal_when_strict(tmp_path):
     rows = [json.dumps({"text": f"Record {n}: " + " ".join(f"w{n}x{i}" for i in range(40))}) for n in (1, 2)]
     (src / "rows.jsonl").write_text(rows[0] + "\n{not json\n" + rows[1] + "\n")
     (src / "short.txt").write_text("too short")
-    out = prepare(data_cfg(tmp_path / "out", [{"name": "mixed", "paths": [str(src)]}]))
+    (src / "front-matter-only.txt").write_text("---\nkey: mit\nname: MIT License\n---\n")
+    with caplog.at_level(logging.INFO):
+        out = prepare(data_cfg(tmp_path / "out", [{"name": "mixed", "paths": [str(src)]}]))
     report = json.loads((out / "report.json").read_text())
+    # files without trainable text are counted and summarized in one line; ERROR is for files that cannot be read
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 3 and not any("empty" in m or "front matter" in m for m in errors)  # the unreadable
+    summary = [r.getMessage() for r in caplog.records if "without trainable text" in r.getMessage()]
+    assert summary == ["2 files without trainable text (empty, or front matter only) skipped: empty.txt, "
+                       "front-matter-only.txt; each is listed in report.json"]
     status = {os.path.basename(f["path"]): f for f in report["files"]}
     assert {n: status[n]["status"] for n in status} == {
         "good.txt": "ok", "short.txt": "ok", "rows.jsonl": "partial",
-        "empty.txt": "error", "binary.txt": "error", "latin1.txt": "error", "broken.pdf": "error"}
+        "empty.txt": "empty", "front-matter-only.txt": "empty", "binary.txt": "error", "latin1.txt": "error",
+        "broken.pdf": "error"}
     assert "empty" in status["empty.txt"]["error"] and "binary" in status["binary.txt"]["error"].lower()
     assert status["rows.jsonl"]["record_errors"][0]["line"] == 2 and status["rows.jsonl"]["kept"] == 2
     assert status["short.txt"]["dropped"] == {"too_short": 1}
-    assert report["summary"]["files"] == {"ok": 2, "partial": 1, "error": 4}
+    assert report["summary"]["files"] == {"ok": 2, "partial": 1, "error": 3, "empty": 2}
     with pytest.raises(PrepareError, match="strict"):
         prepare(data_cfg(tmp_path / "out2", [{"name": "mixed", "paths": [str(src)]}], "data.strict=true"))
 
@@ -153,3 +164,23 @@ def test_prepare_cli_writes_logs_beside_the_data(tmp_path):
     assert (tmp_path / "sample" / "manifest.json").is_file()
     (log_dir,) = (tmp_path / ".logs").iterdir()
     assert "prepared" in (log_dir / "prepare.log").read_text()
+
+
+def test_a_one_file_book_gets_a_validation_share_once_chunked(tmp_path, caplog):
+    """A single long document lands whole in one split; cut into chunks, it yields validation text, and each chunk
+    keeps its file and index. Unchunked, prepare names the problem and the fix."""
+    src = tmp_path / "book.txt"
+    src.write_text("\n\n".join(f"Section {i}. " + " ".join(f"w{i}_{j}" for j in range(60)) for i in range(200)))
+    whole = prepare(data_cfg(tmp_path / "whole", [{"name": "book", "paths": [str(src)]}], "data.chunk_chars=null",
+                             "data.val_fraction=0.2"))
+    report = json.loads((whole / "report.json").read_text())
+    assert (len(docs(whole, "book", "train")), len(docs(whole, "book", "val"))) == (0, 1)  # by its text's hash
+    assert report["summary"]["warnings"] == [
+        "source book: no training document (all 1 went to the other split): training on it fails unless its weight "
+        "is 0; lower data.chunk_chars (now None) to cut long documents, or change data.val_fraction (now 0.2)"]
+    chunked = prepare(data_cfg(tmp_path / "chunked", [{"name": "book", "paths": [str(src)]}],
+                               "data.chunk_chars=4000", "data.val_fraction=0.2"))
+    train, val = docs(chunked, "book", "train"), docs(chunked, "book", "val")
+    assert len(train) + len(val) >= 20 and len(val) >= 2
+    assert all(len(d["text"]) <= 4000 and d["path"] == str(src) for d in train + val)
+    assert sorted(d["chunk"] for d in train + val) == list(range(len(train) + len(val)))

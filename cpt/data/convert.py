@@ -45,6 +45,10 @@ class FileError(Exception):
         self.path, self.reason = path, message
 
 
+class EmptyFileError(FileError):
+    """A readable file with no text to train on (empty, whitespace, front matter only): counted, not an error."""
+
+
 class NoFilesError(UserError, FileNotFoundError):
     """A configured path or pattern matches no file."""
 
@@ -103,7 +107,7 @@ def convert_file(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRe
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(_FORMAT_NAMES)}")
     try:
         if path.stat().st_size == 0:
-            raise FileError(path, "empty file: remove it or fill it")
+            raise EmptyFileError(path, "empty file: remove it or fill it")
         yield from readers[fmt](path, fmt, cfg, on_record_error)
     except OSError as e:
         raise FileError(path, f"cannot read: {e.strerror or e}") from e
@@ -142,8 +146,8 @@ def _read_text(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnReco
             on_record_error(1, f"{e}; the whole file is kept as text (set data.convert.strip_front_matter=false "
                                "if '---' is not front matter)")
     if not text.strip():
-        raise FileError(path, "no text besides the front matter: nothing to train on" if meta else
-                              "empty file (only whitespace): remove it or fill it")
+        raise EmptyFileError(path, "no text besides the front matter: nothing to train on" if meta else
+                                   "empty file (only whitespace): remove it or fill it")
     yield {"text": text, **meta}
 
 
@@ -187,7 +191,7 @@ def _read_csv(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecor
         try:
             header = reader.fieldnames
             if header is None:
-                raise FileError(path, "empty file (no header row)")
+                raise EmptyFileError(path, "empty file (no header row)")
             missing = [c for c in columns if c not in header]
             if missing:
                 raise FileError(path, f"text column(s) {missing} not in the header; the columns are {list(header)}: "
@@ -334,8 +338,9 @@ def _read_pdf(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecor
         raise FileError(path, f"no text layer in {len(pages)} page(s) (scanned images?): OCR it first, e.g. "
                               "`ocrmypdf in.pdf out.pdf`")
     pages = _drop_running_lines(pages)
-    text = "\n\n".join("\n".join(line for line in lines if not _DOT_LEADER.search(line)) for lines in pages)
-    yield {"text": re.sub(r"\n{3,}", "\n\n", text).strip(), "pages": len(page_list)}
+    # pages joined by page breaks: chunking (cpt.data.chunk) cuts there first and records page ranges
+    text = "\f".join("\n".join(line for line in lines if not _DOT_LEADER.search(line)) for lines in pages)
+    yield {"text": text.strip(), "pages": len(page_list)}
 
 
 def _edges(lines: list[str]) -> list[int]:

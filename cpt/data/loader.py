@@ -61,7 +61,7 @@ class MixtureLoader:
         self.global_batch = micro_batch * grad_accum * world
         self.windows = {n: num_windows(s, seq_len) for n, s in streams.items()}
         for name, count in self.windows.items():
-            if count == 0:
+            if count == 0 and weights[name] > 0:  # a weight-0 source is never drawn: its size does not matter
                 raise ValueError(f"source '{name}' has {len(streams[name])} training tokens, fewer than one window of "
                                  f"trainer.seq_len+1={seq_len + 1}: add data or shorten trainer.seq_len")
         w = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float64)

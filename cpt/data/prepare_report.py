@@ -24,6 +24,7 @@ class PrepareReport:
     def __init__(self, strict: bool):
         self.strict = strict
         self.files: list[dict] = []
+        self.warnings: list[str] = []
         self.kept: dict[str, Counter] = defaultdict(Counter)  # source -> split -> documents
         self.dropped: dict[str, Counter] = defaultdict(Counter)  # source -> reason -> documents
 
@@ -40,6 +41,15 @@ class PrepareReport:
             raise PrepareError(f"{entry['path']}:{line}: {message} (data.strict=true)")
         if len(entry["record_errors"]) <= MAX_RECORD_ERRORS_LOGGED:
             log.warning("%s:%d: %s — record skipped", entry["path"], line, message)
+
+    def warn(self, message: str) -> None:
+        """A problem with the prepared data as a whole: logged and kept in report.json's summary."""
+        self.warnings.append(message)
+        log.warning(message)
+
+    def file_empty(self, entry: dict, message: str) -> None:
+        """A readable file without trainable text: counted and summarized once (log_summary), never fatal."""
+        entry["status"], entry["error"] = "empty", message
 
     def file_failed(self, entry: dict, message: str) -> None:
         entry["status"], entry["error"] = "error", message
@@ -64,6 +74,7 @@ class PrepareReport:
             "record_errors": sum(len(f["record_errors"]) for f in self.files),
             "kept": {s: dict(c) for s, c in self.kept.items()},
             "dropped": {s: dict(c) for s, c in self.dropped.items()},
+            "warnings": self.warnings,
         }
 
     def save(self, path: Path) -> None:
@@ -72,6 +83,11 @@ class PrepareReport:
 
     def log_summary(self) -> None:
         s = self.summary()
+        empty = [Path(f["path"]).name for f in self.files if f["status"] == "empty"]
+        if empty:
+            log.warning("%d file%s without trainable text (empty, or front matter only) skipped: %s%s; each is listed "
+                        "in report.json", len(empty), "s" if len(empty) > 1 else "", ", ".join(empty[:5]),
+                        f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         log.info("files: %s; record errors: %d", ", ".join(f"{v} {k}" for k, v in s["files"].items()) or "none",
                  s["record_errors"])
         for source in sorted(set(s["kept"]) | set(s["dropped"])):
