@@ -1,7 +1,8 @@
-"""Benchmark (not a test): `cpt.prepare` end-to-end throughput next to the raw batch-tokenizer rate on the same
-text, and prepare's peak RSS on a corpus and on the same corpus x10 (memory must stay flat).
+"""Benchmark (not a test): `cpt.prepare` end-to-end throughput at each `data.num_proc`, next to the raw batch-tokenizer
+rate on the same text with as many processes, and prepare's peak RSS on a corpus and on the same corpus x10 (memory
+must stay flat).
 
-    python bench/prepare_throughput.py [--copies 10] [--num-proc 2]
+    python bench/prepare_throughput.py [--copies 10] [--num-proc 1,2]
 
 Corpus: the 2,310 license texts of licensedcode-data (python -m cpt.corpora). Tokenizer: a byte-level BPE
 (8,192 ids) trained here on that corpus with the `tokenizers` library, saved as a transformers tokenizer
@@ -60,21 +61,43 @@ def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int) -> dict:
             "peak_rss_mib": peak / 1024}
 
 
-def raw_tokenizer_rate(tokenizer: Path, docs_dir: Path) -> float:
+_TOKENIZER = None
+
+
+def _load(path: str) -> None:
+    global _TOKENIZER
     from cpt.tokenizer import HFTokenizer
 
-    tok = HFTokenizer(str(tokenizer))
+    _TOKENIZER = HFTokenizer(path)
+
+
+def _count(texts: list[str]) -> int:
+    return sum(len(ids) + 1 for ids in _TOKENIZER.encode_batch(texts))
+
+
+def raw_tokenizer_rate(tokenizer: Path, docs_dir: Path, num_proc: int) -> float:
+    """Tokens/s of the batch tokenizer alone (batches of 256 documents) in `num_proc` processes, started and
+    loaded before the clock starts."""
+    import multiprocessing
+
     texts = [json.loads(line)["text"] for f in sorted(docs_dir.glob("*.jsonl")) for line in f.open()]
-    start, tokens = time.perf_counter(), 0
-    for i in range(0, len(texts), 256):
-        tokens += sum(len(ids) + 1 for ids in tok.encode_batch(texts[i : i + 256]))
-    return tokens / (time.perf_counter() - start)
+    batches = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+    if num_proc == 1:
+        _load(str(tokenizer))
+        start = time.perf_counter()
+        tokens = sum(map(_count, batches))
+        return tokens / (time.perf_counter() - start)
+    with multiprocessing.get_context("spawn").Pool(num_proc, _load, (str(tokenizer),)) as pool:
+        pool.map(_count, [batches[0]] * num_proc)  # every worker loaded and warm
+        start = time.perf_counter()
+        tokens = sum(pool.map(_count, batches, chunksize=1))
+        return tokens / (time.perf_counter() - start)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=10)
-    ap.add_argument("--num-proc", type=int, default=2)
+    ap.add_argument("--num-proc", default="1,2", help="data.num_proc values to compare, comma-separated")
     args = ap.parse_args()
     from cpt.corpora import fetch_licenses
 
@@ -88,20 +111,31 @@ def main() -> None:
             text = f.read_text(encoding="utf-8", errors="replace")
             for c in range(args.copies):
                 (big / f"{c}-{f.name}").write_text(f"{text}\n(copy {c})" if c else text)
-        one = run_prepare(str(corpus), tokenizer, tmp / "one", args.num_proc)
-        raw = raw_tokenizer_rate(tokenizer, tmp / "one" / "bench" / "docs")
-        shutil.rmtree(tmp / "one")
-        ten = run_prepare(str(big), tokenizer, tmp / "ten", args.num_proc)
+        counts = [int(n) for n in args.num_proc.split(",")]
+        runs, raws = {}, {}
+        for n in counts:
+            runs[n] = run_prepare(str(corpus), tokenizer, tmp / f"one-{n}", n)
+            raws[n] = raw_tokenizer_rate(tokenizer, tmp / f"one-{n}" / "bench" / "docs", n)
+            shutil.rmtree(tmp / f"one-{n}")
+        ten = run_prepare(str(big), tokenizer, tmp / "ten", max(counts))
 
-    print(f"# prepare throughput, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, num_proc={args.num_proc}\n")
-    print("| corpus | files | tokens out | wall s | tokens/s (end to end) | peak RSS MiB | dropped |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in (("licenses", one), (f"licenses x{args.copies}", ten)):
-        print(f"| {name} | {r['files']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['tokens'] / r['wall_s']:,.0f} | "
-              f"{r['peak_rss_mib']:,.0f} | {r['dropped']} |")
-    print(f"\nraw batch tokenizer (1 process, batches of 256 docs): {raw:,.0f} tokens/s; "
-          f"prepare end-to-end / raw = {one['tokens'] / one['wall_s'] / raw:.2f}")
-    print(f"peak RSS x{args.copies} / x1 = {ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}")
+    print(f"# prepare throughput, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
+    print("| corpus | num_proc | files | tokens out | wall s | tokens/s (end to end) | raw tokenizer tokens/s | "
+          "end to end / raw | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [("licenses", n, r, raws[n]) for n, r in runs.items()]
+    rows.append((f"licenses x{args.copies}", max(counts), ten, None))
+    for name, n, r, raw in rows:
+        rate = r["tokens"] / r["wall_s"]
+        print(f"| {name} | {n} | {r['files']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {rate:,.0f} | "
+              + (f"{raw:,.0f} | {rate / raw:.2f} |" if raw else "— | — |") + f" {r['peak_rss_mib']:,.0f} |")
+    if len(counts) > 1:
+        lo, hi = min(counts), max(counts)
+        print(f"\nend to end, num_proc={hi} / num_proc={lo}: "
+              f"**{runs[lo]['wall_s'] / runs[hi]['wall_s']:.2f}x** (wall time {runs[lo]['wall_s']:.1f} s -> "
+              f"{runs[hi]['wall_s']:.1f} s)")
+    print(f"peak RSS x{args.copies} / x1 (num_proc={max(counts)}) = "
+          f"{ten['peak_rss_mib'] / runs[max(counts)]['peak_rss_mib']:.2f}; x{args.copies} dropped {ten['dropped']}")
 
 
 if __name__ == "__main__":

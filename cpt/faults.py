@@ -5,6 +5,8 @@
                                     disk, not yet published)
   CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
   CPT_FAULT_SLOW=<seconds>          every optimizer step takes at least this long (a long job in a short test)
+  CPT_FAULT_CRASH_ON_FILE=<name>    the prepare worker converting a file of that name SIGKILLs itself
+                                    (data.num_proc >= 2: with 1 process it is prepare itself that dies)
 The tests rerun the command without the variable to resume.
 """
 
@@ -39,6 +41,12 @@ def maybe_crash_in_save(step: int, rank: int) -> None:
 def nan_at(step: int) -> bool:
     spec = _get("CPT_FAULT_NAN")
     return bool(spec) and spec[0] == step
+
+
+def maybe_crash_on_file(path) -> None:
+    name = os.environ.get("CPT_FAULT_CRASH_ON_FILE")
+    if name and os.path.basename(str(path)) == name:
+        _die()
 
 
 def maybe_slow() -> None:

@@ -9,7 +9,6 @@ previous version intact. Stages, streaming file by file:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -23,14 +22,12 @@ from omegaconf import DictConfig
 
 from cpt.cli import user_errors
 from cpt.config import DataConfig, RunConfig, to_run_config
-from cpt.data.chunk import split_document
-from cpt.data.clean import clean_text, length_problem
-from cpt.data.convert import EmptyFileError, FileError, convert_file, detect_format, expand_paths
+from cpt.data.convert import expand_paths
 from cpt.data.dedup import Deduplicator
+from cpt.data.file_stage import FileTask, run_in_order
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import pack_documents, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
-from cpt.data.split import split_of
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity
 from cpt.validate import validate_data
@@ -50,43 +47,40 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
 
 
 def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Path, report: PrepareReport) -> None:
-    """Stage 1, streaming: every document converted, cleaned, filtered, deduplicated, assigned a split and
-    appended to docs/<source>.<split>.jsonl."""
+    """Stage 1: every file converted, chunked, cleaned and signed in `data.num_proc` workers (cpt.data.file_stage);
+    here, in file order, the dedup decisions, the report, and docs/<source>.<split>.jsonl."""
     from tqdm import tqdm
 
     docs_dir.mkdir(parents=True)
     dedup = Deduplicator()
+    tasks = (FileTask(source.name, path, source.format, cfg.convert, cfg.clean, source.dedup or cfg.dedup,
+                      cfg.chunk_chars, cfg.val_fraction) for source in cfg.sources for path in files[source.name])
+    outs = {(s.name, split): open(docs_dir / f"{s.name}.{split}.jsonl", "w", encoding="utf-8")
+            for s in cfg.sources for split in SPLITS}
     total = sum(len(paths) for paths in files.values())
-    with tqdm(total=total, desc="convert", unit="file", mininterval=1.0) as bar:  # closed on errors too
-        for source in cfg.sources:
-            dedup_cfg = source.dedup or cfg.dedup
-            outs = {split: open(docs_dir / f"{source.name}.{split}.jsonl", "w", encoding="utf-8") for split in SPLITS}
-            for path in files[source.name]:
-                entry = report.file(source.name, path, source.format)
-                try:
-                    entry["format"] = fmt = detect_format(path, source.format)
-                    on_error = functools.partial(report.record_error, entry)  # (line, message)
-                    for n, record in enumerate(convert_file(path, fmt, cfg.convert, on_error)):
-                        for piece, where in split_document(record.pop("text"), cfg.chunk_chars):
-                            text = clean_text(piece, cfg.clean)
-                            doc_id = f"{source.name}:{path.name}#{n}" + (f"/{where['chunk']}" if where else "")
-                            reason = length_problem(text, cfg.clean) or dedup.check(text, doc_id, dedup_cfg)
-                            if reason:
-                                report.drop(entry, reason)
-                                continue
-                            split = split_of(text, cfg.val_fraction)
-                            doc = {"id": doc_id, "text": text, "source": source.name, "path": str(path), **record,
-                                   **where}
-                            outs[split].write(json.dumps(doc, ensure_ascii=False) + "\n")
-                            report.keep(entry, split)
-                except EmptyFileError as e:
-                    report.file_empty(entry, str(e))
-                except FileError as e:
-                    report.file_failed(entry, str(e))
+    try:
+        with tqdm(total=total, desc="convert", unit="file", mininterval=1.0) as bar:  # closed on errors too
+            for task, result in run_in_order(tasks, cfg.num_proc):
+                entry = report.file(task.source, task.path, result.format or task.format)
+                for line, message in result.record_errors:
+                    report.record_error(entry, line, message)
+                for doc in result.docs:
+                    reason = doc.dropped or dedup.check(doc.signature, doc.id, task.dedup)
+                    if reason:
+                        report.drop(entry, reason)
+                        continue
+                    record = {"id": doc.id, "text": doc.text, "source": task.source, "path": str(task.path), **doc.meta}
+                    outs[task.source, doc.split].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    report.keep(entry, doc.split)
+                if result.error and result.empty:
+                    report.file_empty(entry, result.error)
+                elif result.error:
+                    report.file_failed(entry, result.error)
                 bar.update(1)
                 bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
-            for out in outs.values():
-                out.close()
+    finally:
+        for out in outs.values():
+            out.close()
 
 
 def prepare(cfg: RunConfig) -> Path:

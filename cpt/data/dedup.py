@@ -1,6 +1,7 @@
 """Duplicate removal over the whole corpus (all sources): exact (hash of the normalized text) and near
-(MinHash signatures of word shingles, banded into an LSH index by datasketch). The first occurrence in the
-deterministic processing order is kept; the rest are dropped and counted per source."""
+(MinHash signatures of word shingles, banded into an LSH index by datasketch). Signatures are computed where the
+documents are converted (worker processes); the decisions are made in one place in the corpus's fixed order, so
+the first occurrence is kept whatever the number of processes; the rest are dropped and counted per source."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import re
 from typing import Optional
 
+import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 from cpt.config import DedupConfig, Shingle
@@ -45,34 +47,54 @@ def shingles(text: str, kind: Shingle, n: int) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode("utf-8") for i in range(len(words) - n + 1)}
 
 
+Signature = tuple[Optional[bytes], Optional[np.ndarray]]  # (exact key, MinHash values); None where not used
+
+_PERMUTATIONS: dict[int, tuple] = {}
+
+
+def _minhash(num_perm: int, **kw) -> MinHash:
+    """MinHash with permutations drawn once per size (seed 1) and shared by every document and process."""
+    if num_perm not in _PERMUTATIONS:
+        template = MinHash(num_perm=num_perm, seed=1)
+        _PERMUTATIONS[num_perm] = (template.permutations, template.scheme)
+    permutations, scheme = _PERMUTATIONS[num_perm]
+    return MinHash(num_perm=num_perm, permutations=permutations, scheme=scheme, **kw)
+
+
+def signature(text: str, cfg: DedupConfig) -> Signature:
+    """What dedup needs of a document, computed where the document is (a worker process): its exact key and its
+    MinHash values. Pure: the same text and settings give the same signature in any process."""
+    key = normalized_key(text) if cfg.exact else None
+    values = None
+    if cfg.near:
+        mh = _minhash(cfg.num_perm)
+        mh.update_batch(list(shingles(text, cfg.shingle, cfg.shingle_size)))
+        values = mh.hashvalues
+    return key, values
+
+
 class Deduplicator:
-    """Feed documents in order; `check` says whether one duplicates an earlier kept one. Exact keys are shared
-    by all sources; each distinct near-dedup setting has its own LSH index (sources with equal settings share
-    one, so near-duplicates across them are found too)."""
+    """Feed signatures in the corpus's fixed order; `check` says whether a document duplicates an earlier kept one.
+    Exact keys are shared by all sources; each distinct near-dedup setting has its own LSH index (sources with equal
+    settings share one, so near-duplicates across them are found too)."""
 
     def __init__(self) -> None:
         self.seen: set[bytes] = set()
-        self.indexes: dict[tuple, tuple[MinHashLSH, object, str]] = {}
+        self.indexes: dict[tuple, MinHashLSH] = {}
 
-    def _index(self, cfg: DedupConfig) -> tuple[MinHashLSH, object, str]:
-        key = (cfg.threshold, cfg.num_perm, cfg.shingle, cfg.shingle_size)
-        if key not in self.indexes:
-            template = MinHash(num_perm=cfg.num_perm, seed=1)  # permutations drawn once, shared by every document
-            lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
-            self.indexes[key] = (lsh, template.permutations, template.scheme)
-        return self.indexes[key]
-
-    def check(self, text: str, doc_id: str, cfg: DedupConfig) -> Optional[str]:
-        """"exact_duplicate" / "near_duplicate" if the document is dropped, else None (kept)."""
-        if cfg.exact:
-            key = normalized_key(text)
+    def check(self, sig: Signature, doc_id: str, cfg: DedupConfig) -> Optional[str]:
+        """"exact_duplicate" / "near_duplicate" if the document is dropped, else None (kept and remembered)."""
+        key, values = sig
+        if key is not None:
             if key in self.seen:
                 return "exact_duplicate"
             self.seen.add(key)
-        if cfg.near:
-            lsh, permutations, scheme = self._index(cfg)
-            mh = MinHash(num_perm=cfg.num_perm, permutations=permutations, scheme=scheme)
-            mh.update_batch(list(shingles(text, cfg.shingle, cfg.shingle_size)))
+        if values is not None:
+            index_key = (cfg.threshold, cfg.num_perm, cfg.shingle, cfg.shingle_size)
+            if index_key not in self.indexes:
+                self.indexes[index_key] = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+            lsh = self.indexes[index_key]
+            mh = _minhash(cfg.num_perm, hashvalues=values)
             if lsh.query(mh):
                 return "near_duplicate"
             lsh.insert(doc_id, mh)
