@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -118,3 +120,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def local_job_port(port_file: Path, rank: int, wait_s: float = 120.0) -> int:
+    """The rendezvous port of a job whose ranks share one machine (submitit's local executor). Submitit derives it
+    from the job id without looking whether something already listens there, and a busy port leaves the other ranks
+    waiting out the whole rendezvous timeout. Rank 0 takes a free port once and publishes it in the job folder (kept
+    for a requeued attempt, as submitit keeps its port); the other ranks read it."""
+    if rank == 0 and not port_file.exists():
+        tmp = port_file.with_name(f"{port_file.name}.tmp")
+        tmp.write_text(str(free_port()))
+        tmp.replace(port_file)  # atomic: a reader sees no file or the whole port
+    deadline = time.monotonic() + wait_s
+    while not port_file.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 of this job published no rendezvous port in {port_file} within "
+                               f"{wait_s:.0f} s: did rank 0 start? (see its log in {port_file.parent})")
+        time.sleep(0.1)
+    return int(port_file.read_text())

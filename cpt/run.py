@@ -68,9 +68,15 @@ def adopt_submitit_rank() -> None:
     """In a submitit task (SLURM or local), export RANK/WORLD_SIZE/MASTER_* from submitit's job environment. A
     requeued job gets the same job id, hence the same rendezvous port."""
     if "SUBMITIT_EXECUTOR" in os.environ and not distributed.launched_as_rank():
+        from submitit import JobEnvironment
         from submitit.helpers import TorchDistributedEnvironment
 
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        dist_env = TorchDistributedEnvironment()
+        if os.environ["SUBMITIT_EXECUTOR"] == "local" and "MASTER_PORT" not in os.environ:
+            job = JobEnvironment()
+            port_file = Path(job.paths.folder) / f"{job.job_id}_master_port"
+            dist_env.master_port = distributed.local_job_port(port_file, job.global_rank)
+        dist_env.export(set_cuda_visible_devices=False)
 
 
 def wandb_naming(cfg: DictConfig) -> None:

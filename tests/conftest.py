@@ -55,6 +55,23 @@ def rank_env() -> dict:
     return env
 
 
+def submitit_logs(sweep_dir: Path, chars: int = 3000) -> str:
+    """The tail of every task's stderr of a submitit sweep: what a failed or hung job said."""
+    tails = [f"--- {p.name}:\n{p.read_text(errors='replace')[-chars:]}"
+             for p in sorted(sweep_dir.glob(".submitit/*/*_log.err"))]
+    return "\n".join(tails) or f"(no task logs under {sweep_dir}/.submitit)"
+
+
+def run_sweep(cmd: list[str], cwd: Path, sweep_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a `-m` sweep; a failure or a timeout shows the jobs' own logs, not only the launcher's."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=rank_env(), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sweep still running after {timeout} s; its tasks' logs:\n{submitit_logs(sweep_dir)}")
+    assert proc.returncode == 0, f"{proc.stderr[-3000:]}\n{submitit_logs(sweep_dir)}"
+    return proc
+
+
 def run_cli(args: list[str], cwd: Path, torchrun_nproc: int = 0, timeout: int = 600,
             module: str = "cpt.run") -> subprocess.CompletedProcess:
     if torchrun_nproc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, rank_env, read_metrics
+from conftest import TINY, rank_env, read_metrics, submitit_logs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.full]
 
@@ -38,8 +38,12 @@ def sweep(tmp_path: Path, extra: list[str], env: dict | None = None, wait=True):
                             stderr=subprocess.PIPE, text=True)
     if not wait:
         return proc
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-5000:]
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"sweep still running after 600 s; its tasks' logs:\n{submitit_logs(tmp_path / 'sweep')}")
+    assert proc.returncode == 0, f"{err[-3000:]}\n{submitit_logs(tmp_path / 'sweep')}"
     return tmp_path / "sweep"
 
 

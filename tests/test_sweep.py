@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, rank_env, read_metrics
+from conftest import TINY, rank_env, read_metrics, run_sweep
 
 pytestmark = pytest.mark.full  # the full tier: make test-full
 
@@ -19,9 +19,7 @@ def local_sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     cmd = [sys.executable, "-m", "cpt.run", "-m", *TINY, "hydra/launcher=local", "trainer.micro_batch_size=2",
            "trainer.eval_interval=3", "optim.lr=1e-3,3e-3", "logger=wandb", f"hydra.sweep.dir={tmp / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=tmp, env=rank_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+    run_sweep(cmd, cwd=tmp, sweep_dir=tmp / "sweep")
     return tmp / "sweep"
 
 
