@@ -2,7 +2,10 @@
 rate on the same text with as many processes, and prepare's peak RSS on a corpus and on the same corpus x10 (memory
 must stay flat).
 
-    python bench/prepare_throughput.py [--copies 10] [--num-proc 1,2]
+    python bench/prepare_throughput.py [--copies 10] [--num-proc 1,2] [--pdf PATH | --pdf none]
+
+Then one big PDF (default: the R reference manual of Debian's r-doc-pdf, 2,415 pages) at each num_proc: its pages
+are read in ranges of data.convert.pdf_pages_per_task by the workers.
 
 Corpus: the 2,310 license texts of licensedcode-data (python -m cpt.corpora). Tokenizer: a byte-level BPE
 (8,192 ids) trained here on that corpus with the `tokenizers` library, saved as a transformers tokenizer
@@ -40,9 +43,9 @@ def train_bpe(corpus: Path, out: Path) -> Path:
     return out
 
 
-def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int) -> dict:
+def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str = "text") -> dict:
     cmd = [sys.executable, "-m", "cpt.prepare", "data=sample", "data.name=bench", f"data.root={root}",
-           f"data.sources=[{{name: legal, paths: ['{paths}'], format: text}}]", f"model.tokenizer={tokenizer}",
+           f"data.sources=[{{name: legal, paths: ['{paths}'], format: {fmt}}}]", f"model.tokenizer={tokenizer}",
            "model.arch.vocab_size=8192", f"data.num_proc={num_proc}", "data.clean.min_chars=100"]
     # a fresh wrapper process per measurement: RUSAGE_CHILDREN is then this prepare's peak (datasets' workers too)
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -57,6 +60,7 @@ def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int) -> dict:
     manifest = json.loads((root / "bench" / "manifest.json").read_text())
     report = json.loads((root / "bench" / "report.json").read_text())
     return {"wall_s": wall, "tokens": manifest["tokens"], "files": len(report["files"]),
+            "stages": manifest["stage_seconds"],
             "dropped": report["summary"]["dropped"].get("legal", {}),
             "peak_rss_mib": peak / 1024}
 
@@ -98,8 +102,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--num-proc", default="1,2", help="data.num_proc values to compare, comma-separated")
+    ap.add_argument("--pdf", default=None, help="a big PDF to time at each num_proc (default: the R reference "
+                                                 "manual if r-doc-pdf is installed; 'none': skip)")
     args = ap.parse_args()
-    from cpt.corpora import fetch_licenses
+    from cpt.corpora import corpus_path, fetch_licenses
+
+    pdf = Path(args.pdf) if args.pdf not in (None, "none") else corpus_path("r-manuals") / "refman.pdf"
+    pdf = pdf if args.pdf != "none" and pdf.is_file() else None
 
     corpus = fetch_licenses()
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,22 +127,29 @@ def main() -> None:
             raws[n] = raw_tokenizer_rate(tokenizer, tmp / f"one-{n}" / "bench" / "docs", n)
             shutil.rmtree(tmp / f"one-{n}")
         ten = run_prepare(str(big), tokenizer, tmp / "ten", max(counts))
+        pdfs = {n: run_prepare(str(pdf), tokenizer, tmp / f"pdf-{n}", n, "pdf") for n in counts} if pdf else {}
 
     print(f"# prepare throughput, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
-    print("| corpus | num_proc | files | tokens out | wall s | tokens/s (end to end) | raw tokenizer tokens/s | "
-          "end to end / raw | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| corpus | num_proc | files | tokens out | wall s | convert s | tokenize s | tokens/s (end to end) | "
+          "raw tokenizer tokens/s | end to end / raw | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [("licenses", n, r, raws[n]) for n, r in runs.items()]
     rows.append((f"licenses x{args.copies}", max(counts), ten, None))
+    rows += [(pdf.name, n, r, None) for n, r in pdfs.items()]
     for name, n, r, raw in rows:
         rate = r["tokens"] / r["wall_s"]
-        print(f"| {name} | {n} | {r['files']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {rate:,.0f} | "
+        print(f"| {name} | {n} | {r['files']:,} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['stages']['convert']:.1f} "
+              f"| {r['stages']['tokenize']:.1f} | {rate:,.0f} | "
               + (f"{raw:,.0f} | {rate / raw:.2f} |" if raw else "— | — |") + f" {r['peak_rss_mib']:,.0f} |")
     if len(counts) > 1:
         lo, hi = min(counts), max(counts)
         print(f"\nend to end, num_proc={hi} / num_proc={lo}: "
               f"**{runs[lo]['wall_s'] / runs[hi]['wall_s']:.2f}x** (wall time {runs[lo]['wall_s']:.1f} s -> "
               f"{runs[hi]['wall_s']:.1f} s)")
+    if len(pdfs) > 1:
+        lo, hi = min(counts), max(counts)
+        print(f"{pdf.name}, num_proc={hi} / num_proc={lo} wall time: **{pdfs[hi]['wall_s'] / pdfs[lo]['wall_s']:.2f}** "
+              f"({pdfs[lo]['wall_s']:.1f} s -> {pdfs[hi]['wall_s']:.1f} s)")
     print(f"peak RSS x{args.copies} / x1 (num_proc={max(counts)}) = "
           f"{ten['peak_rss_mib'] / runs[max(counts)]['peak_rss_mib']:.2f}; x{args.copies} dropped {ten['dropped']}")
 

@@ -142,6 +142,8 @@ class ConvertConfig:
     json_text_field: str = "text"  # dotted path of the text inside each JSON / JSONL record
     json_records: Optional[str] = None  # .json: dotted path to the list of records; null = the top level
     pdf_x_tolerance: float = 1.0  # pdfplumber's default (3) glues words together in TeX-made PDFs
+    # a PDF with more pages is read in ranges of this many pages by several workers (same output); null = whole
+    pdf_pages_per_task: Optional[int] = 100
     strip_front_matter: bool = True  # text files: a leading '---' YAML block becomes metadata, not text
 
 

@@ -3,6 +3,7 @@ submitit), never from argv; the backend follows the device: gloo on CPU, nccl (p
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -108,7 +109,10 @@ def setup(device: Device, num_threads: int | None) -> DistEnv:
 
 
 def teardown() -> None:
-    """All ranks meet before the group goes, so no rank aborts while another still talks to it."""
+    """All ranks meet before the group goes, so no rank aborts while another still talks to it. Garbage that still
+    holds a group (a model in a reference cycle: its mesh, DDP's reducer) goes first: a group whose last reference
+    dies during interpreter shutdown can abort the process after the work is done."""
+    gc.collect()
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

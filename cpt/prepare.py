@@ -37,8 +37,9 @@ log = logging.getLogger("cpt.prepare")
 
 def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
     """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
-    Source weights are a training-time choice and are left out."""
+    Source weights are a training-time choice and are left out, and so is how the work is spread."""
     options = {k: v for k, v in vars(cfg).items() if k not in ("sources", "root", "name", "num_proc", "strict")}
+    options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
     listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
     ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
@@ -100,25 +101,32 @@ def prepare(cfg: RunConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        dtype, sources = build(d, files, tokenizer, tmp)
+        stage_seconds: dict[str, float] = {}
+        dtype, sources = build(d, files, tokenizer, tmp, stage_seconds)
         tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
         manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
-                    "seconds": round(time.perf_counter() - start, 2), "sources": sources}
+                    "seconds": round(time.perf_counter() - start, 2), "stage_seconds": stage_seconds,
+                    "sources": sources}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     except BaseException:  # any failure (Ctrl-C too) leaves no temporary directory behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     swap_in(tmp, out)
-    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s); report: %s", out, tokens, manifest["seconds"],
-             tokens / max(manifest["seconds"], 1e-9), out / "report.json")
+    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s; %s); report: %s", out, tokens, manifest["seconds"],
+             tokens / max(manifest["seconds"], 1e-9),
+             ", ".join(f"{stage} {s:.1f} s" for stage, s in manifest["stage_seconds"].items()), out / "report.json")
     return out
 
 
-def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path) -> tuple[str, dict]:
-    """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split)."""
+def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path,
+          stage_seconds: dict[str, float]) -> tuple[str, dict]:
+    """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split);
+    the wall time of each stage into stage_seconds."""
     report = PrepareReport(d.strict)
+    start = time.perf_counter()
     convert_sources(d, files, tmp / "docs", report)
+    stage_seconds["convert"] = round(time.perf_counter() - start, 2)
     report.log_summary()
     for source in d.sources:
         kept = report.kept.get(source.name)
@@ -132,6 +140,7 @@ def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path) -> 
     if not report.kept:
         raise PrepareError("no document survived conversion and filtering: see the problems logged above")
 
+    start = time.perf_counter()
     dtype = token_dtype(len(tokenizer))
     sources: dict = {}
     for source in d.sources:
@@ -143,6 +152,7 @@ def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path) -> 
             log.info("source %s %s: %d documents, %d tokens, %d shards", source.name, split, entry["docs"],
                      entry["tokens"], len(entry["shards"]))
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
     report.save(tmp / "report.json")
     return dtype, sources
 

@@ -109,6 +109,9 @@ def validate_data(cfg: DataConfig) -> None:
     if cfg.chunk_chars is not None and cfg.chunk_chars < max(1, cfg.clean.min_chars):
         raise ConfigError("data.chunk_chars", f"must be null or >= data.clean.min_chars ({cfg.clean.min_chars}), "
                           f"got {cfg.chunk_chars}")
+    if cfg.convert.pdf_pages_per_task is not None and cfg.convert.pdf_pages_per_task < 1:
+        raise ConfigError("data.convert.pdf_pages_per_task", f"must be null or >= 1, got "
+                          f"{cfg.convert.pdf_pages_per_task}")
     if cfg.clean.min_chars < 0 or (cfg.clean.max_chars is not None and cfg.clean.max_chars < cfg.clean.min_chars):
         raise ConfigError("data.clean.max_chars", "must be null or >= data.clean.min_chars >= 0")
     dedups = [("data.dedup", cfg.dedup)] + [(f"data.sources[{i}].dedup", s.dedup) for i, s in enumerate(cfg.sources)]

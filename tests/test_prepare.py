@@ -193,7 +193,7 @@ def _tree(root):
         data = path.read_bytes()
         if path.name == "manifest.json":
             manifest = json.loads(data)
-            manifest.pop("created"), manifest.pop("seconds")
+            manifest.pop("created"), manifest.pop("seconds"), manifest.pop("stage_seconds")
             data = json.dumps(manifest, sort_keys=True).encode()
         out[str(path.relative_to(root))] = data
     return out
@@ -228,3 +228,31 @@ def test_a_worker_that_dies_on_a_file_costs_that_file_only(tmp_path, monkeypatch
     assert status["doc3.txt"]["status"] == "error" and "worker process died" in status["doc3.txt"]["error"]
     assert all(status[f"doc{i}.txt"]["status"] == "ok" for i in (0, 1, 2, 4, 5))
     assert sum(len(docs(out, "s", s)) for s in ("train", "val")) == 5
+
+
+def test_a_big_pdf_read_in_page_ranges_gives_the_same_output(tmp_path):
+    """A real manual cut into ranges of 7 pages (read by 1 or 2 workers) == read whole; a damaged PDF beside it is
+    reported the same way in both."""
+    from dataclasses import replace
+
+    from cpt.data.file_stage import FileTask, page_ranges
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(real_corpus("r-manuals", "R-data.pdf"), src / "R-data.pdf")
+    (src / "broken.pdf").write_bytes(b"%PDF-1.4 " + bytes(range(256)) * 16)
+    sources = [{"name": "manual", "paths": [str(src)]}]
+    whole = prepare(data_cfg(tmp_path / "whole", sources, "data.chunk_chars=3000",
+                             "data.convert.pdf_pages_per_task=null"))
+    ranges = [prepare(data_cfg(tmp_path / f"ranges{n}", sources, "data.chunk_chars=3000",
+                               "data.convert.pdf_pages_per_task=7", f"data.num_proc={n}")) for n in (1, 2)]
+    cfg = data_cfg(tmp_path, sources, "data.convert.pdf_pages_per_task=7").data
+    task = FileTask("manual", src / "R-data.pdf", None, cfg.convert, cfg.clean, cfg.dedup, 3000, 0.1)
+    parts = [p.pages for p in page_ranges(task)]
+    pages = docs(whole, "manual", "train")[0]["pages"]
+    assert parts[0] == (1, 7) and parts[-1][1] == pages and len(parts) == -(-pages // 7) > 2
+    assert page_ranges(replace(task, path=src / "broken.pdf")) == [replace(task, path=src / "broken.pdf")]
+    files = json.loads((whole / "report.json").read_text())["files"]
+    status = {os.path.basename(f["path"]): f["status"] for f in files}
+    assert status == {"R-data.pdf": "ok", "broken.pdf": "error"}
+    assert _tree(whole) == _tree(ranges[0]) == _tree(ranges[1])

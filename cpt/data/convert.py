@@ -19,7 +19,6 @@ import json
 import os
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -303,81 +302,7 @@ def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRec
 
 # ---------------------------------------------------------------------------------------------- pdf
 
-# table-of-contents / index lines: "2.1 Installing R . . . . 12", "Introduction....5", "abline . . . 67, 70"
-_DOT_LEADER = re.compile(r"(?:\.\s*){4,}(?:\d+|[ivxlcdm]+)(?:\s*,\s*\d+)*\s*$", re.IGNORECASE)
-_LEADING_NUMBER = re.compile(r"^(\d+)\b")
-_TRAILING_NUMBER = re.compile(r"\b(\d+)$")
-
-
 def _read_pdf(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
-    import pdfplumber
-    from pdfminer.pdfdocument import PDFEncryptionError, PDFPasswordIncorrect
+    from cpt.data.pdf import read_pdf  # its own module: big PDFs are also read in page ranges (cpt.data.file_stage)
 
-    try:
-        pdf = pdfplumber.open(path)
-        page_list = pdf.pages
-    except Exception as e:
-        cause = e.args[0] if e.args and isinstance(e.args[0], Exception) else e
-        if isinstance(cause, (PDFPasswordIncorrect, PDFEncryptionError)):
-            raise FileError(path, "the PDF is encrypted (it needs a password): decrypt it first, e.g. "
-                                  "`qpdf --password=PASSWORD --decrypt in.pdf out.pdf`") from None
-        raise FileError(path, f"not a readable PDF ({type(cause).__name__}: {cause}): check that the file is "
-                              "complete, or repair it, e.g. `qpdf in.pdf repaired.pdf`") from None
-    with pdf:
-        pages: list[list[str]] = []  # text lines only: pdfplumber's objects are released page by page
-        for n, page in enumerate(page_list, 1):
-            try:
-                text = page.extract_text(x_tolerance=cfg.pdf_x_tolerance) or ""
-            except Exception as e:
-                on_record_error(n, f"page {n}: text extraction failed ({type(e).__name__}: {e}); page skipped")
-                text = ""
-            finally:
-                page.close()  # flushes the page's cached characters: memory stays flat on big PDFs
-            pages.append([line.strip() for line in text.splitlines() if line.strip()])
-    if not any(pages):
-        raise FileError(path, f"no text layer in {len(pages)} page(s) (scanned images?): OCR it first, e.g. "
-                              "`ocrmypdf in.pdf out.pdf`")
-    pages = _drop_running_lines(pages)
-    # pages joined by page breaks: chunking (cpt.data.chunk) cuts there first and records page ranges
-    text = "\f".join("\n".join(line for line in lines if not _DOT_LEADER.search(line)) for lines in pages)
-    yield {"text": text.strip(), "pages": len(page_list)}
-
-
-def _edges(lines: list[str]) -> list[int]:
-    """Indices of a page's first 2 and last 2 lines: where running headers and footers sit."""
-    return sorted({*range(min(2, len(lines))), *range(max(0, len(lines) - 2), len(lines))})
-
-
-def _shape(line: str) -> str:
-    return re.sub(r"\d+", "#", " ".join(line.split()))
-
-
-def _edge_numbers(lines: list[str], i: int) -> set[int]:
-    """Numbers where a printed page number sits: the last token of an edge line, or the first token of the
-    page's first line ("14 Chapter 2: ..."); elsewhere a leading number is a chapter's or a footnote's."""
-    found = [_TRAILING_NUMBER.search(lines[i])] + ([_LEADING_NUMBER.search(lines[i])] if i == 0 else [])
-    return {int(m.group(1)) for m in found if m}
-
-
-def _drop_running_lines(pages: list[list[str]]) -> list[list[str]]:
-    """Remove running headers/footers from the first 2 / last 2 lines of each page (PDFs of >= 4 pages):
-    - a line whose shape (digit runs -> '#') sits there on at least half of the pages ("Page # of #", a title);
-    - a line carrying the printed page number, found as the number that equals the page's position minus one
-      constant offset on at least half of the pages (TeX's per-chapter "Chapter 2: Installing R 14").
-    """
-    if len(pages) < 4:
-        return pages
-    shapes: Counter = Counter()
-    offsets: Counter = Counter()
-    for p, lines in enumerate(pages):
-        shapes.update({_shape(lines[i]) for i in _edges(lines)})
-        offsets.update({p - n for i in _edges(lines) for n in _edge_numbers(lines, i)})
-    half = len(pages) / 2
-    running = {s for s, count in shapes.items() if count >= half}
-    offset, hits = offsets.most_common(1)[0] if offsets else (0, 0)
-    out = []
-    for p, lines in enumerate(pages):
-        drop = {i for i in _edges(lines)
-                if _shape(lines[i]) in running or (hits >= half and p - offset in _edge_numbers(lines, i))}
-        out.append([line for i, line in enumerate(lines) if i not in drop])
-    return out
+    yield read_pdf(path, cfg, on_record_error)

@@ -5,16 +5,20 @@ the output is the same for any number of processes.
 
 A worker that dies on a file (a crash inside a reader, out of memory) costs that file only: the files that were in
 flight are retried one by one in a fresh process, the one that kills it again is reported as failed, and the rest
-goes on."""
+goes on.
+
+A PDF with more than `data.convert.pdf_pages_per_task` pages is read in page ranges, one task each (several workers
+on one big manual); its document is put together and finished once every range is in, exactly as if it had been
+read whole."""
 
 from __future__ import annotations
 
 import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +28,7 @@ from cpt.data.chunk import split_document
 from cpt.data.clean import clean_text, length_problem
 from cpt.data.convert import EmptyFileError, FileError, convert_file, detect_format
 from cpt.data.dedup import Signature, signature
+from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
 from cpt.data.split import split_of
 
 
@@ -37,6 +42,7 @@ class FileTask:
     dedup: DedupConfig
     chunk_chars: Optional[int]
     val_fraction: float
+    pages: Optional[tuple[int, int]] = None  # one range of a big PDF: pages first..last (1-based, inclusive)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class FileResult:
     record_errors: list[tuple[int, str]] = field(default_factory=list)  # (line or record number, message)
     error: Optional[str] = None  # the whole file (or its rest) could not be converted
     empty: bool = False  # readable, but no trainable text
+    pages: Optional[Pages] = None  # a page range's lines, before its PDF is put together (finish_pdf)
 
 
 def process_file(task: FileTask) -> FileResult:
@@ -63,34 +70,84 @@ def process_file(task: FileTask) -> FileResult:
     result = FileResult()
     try:
         result.format = detect_format(task.path, task.format)
-        records = convert_file(task.path, result.format, task.convert,
-                               lambda line, message: result.record_errors.append((line, message)))
-        for n, record in enumerate(records):
-            for piece, where in split_document(record.pop("text"), task.chunk_chars):
-                text = clean_text(piece, task.clean)
-                doc_id = f"{task.source}:{task.path.name}#{n}" + (f"/{where['chunk']}" if where else "")
-                doc = Doc(doc_id, text, {**record, **where}, length_problem(text, task.clean))
-                if doc.dropped is None:
-                    doc.signature, doc.split = signature(text, task.dedup), split_of(text, task.val_fraction)
-                result.docs.append(doc)
+        on_error = lambda line, message: result.record_errors.append((line, message))  # noqa: E731
+        if task.pages:
+            result.pages = read_pages(task.path, task.convert, on_error, *task.pages)
+        else:
+            add_documents(task, convert_file(task.path, result.format, task.convert, on_error), result)
     except FileError as e:
         result.error, result.empty = str(e), isinstance(e, EmptyFileError)
     return result
 
 
+def finish_pdf(task: FileTask, parts: list[FileResult]) -> FileResult:
+    """A PDF read in page ranges, put together: the result process_file gives for the whole file."""
+    close()  # read here (num_proc 1): done with it
+    result = FileResult(format="pdf", record_errors=[e for part in parts for e in part.record_errors])
+    failed = next((part for part in parts if part.error), None)
+    if failed:
+        result.error = failed.error
+        return result
+    try:
+        add_documents(task, [to_record(task.path, [page for part in parts for page in part.pages])], result)
+    except FileError as e:
+        result.error = str(e)
+    return result
+
+
+def add_documents(task: FileTask, records: Iterable[dict], result: FileResult) -> None:
+    """Chunk, clean, length-filter, split and sign each record's text into result.docs."""
+    for n, record in enumerate(records):
+        for piece, where in split_document(record.pop("text"), task.chunk_chars):
+            text = clean_text(piece, task.clean)
+            doc_id = f"{task.source}:{task.path.name}#{n}" + (f"/{where['chunk']}" if where else "")
+            doc = Doc(doc_id, text, {**record, **where}, length_problem(text, task.clean))
+            if doc.dropped is None:
+                doc.signature, doc.split = signature(text, task.dedup), split_of(text, task.val_fraction)
+            result.docs.append(doc)
+
+
+def page_ranges(task: FileTask) -> list[FileTask]:
+    """The tasks of one file: itself, or one per page range for a PDF longer than data.convert.pdf_pages_per_task
+    (the page count comes from the catalog: cheap, nothing is extracted here)."""
+    per_task = task.convert.pdf_pages_per_task
+    try:
+        is_pdf = detect_format(task.path, task.format) == "pdf"
+    except FileError:
+        return [task]
+    count = page_count(task.path) if is_pdf and per_task else None
+    if not count or count <= per_task:
+        return [task]
+    return [replace(task, pages=(first, min(first + per_task - 1, count))) for first in range(1, count + 1, per_task)]
+
+
 def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[FileTask, FileResult]]:
-    """(task, result) in the order of `tasks`. num_proc > 1: that many spawned workers, at most 2 * num_proc files
-    in flight (memory stays bounded whatever the corpus size)."""
+    """(task, result) in the order of `tasks`, a PDF read in page ranges put together."""
+    units = ((task, part, len(parts)) for task in tasks for parts in [page_ranges(task)] for part in parts)
+    collected: list[FileResult] = []
+    for task, n_parts, result in _results(units, num_proc):
+        if n_parts == 1:
+            yield task, result
+            continue
+        collected.append(result)
+        if len(collected) == n_parts:
+            yield task, finish_pdf(task, collected)
+            collected = []
+
+
+def _results(units: Iterable[tuple[FileTask, FileTask, int]], num_proc: int):
+    """(file task, its number of parts, the part's result) in the order of `units`. num_proc > 1: that many
+    spawned workers, at most 2 * num_proc parts in flight (memory stays bounded whatever the corpus size)."""
     if num_proc <= 1:
-        for task in tasks:
-            yield task, process_file(task)
+        for task, part, n_parts in units:
+            yield task, n_parts, process_file(part)
         return
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(num_proc, mp_context=context)
     window: deque = deque()
     try:
-        for task in tasks:
-            window.append((task, pool.submit(process_file, task)))
+        for task, part, n_parts in units:
+            window.append((task, part, n_parts, _submit(pool, part)))
             while len(window) >= 2 * num_proc:
                 pool = yield from _next(window, pool, num_proc, context)
         while window:
@@ -99,25 +156,34 @@ def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[Fil
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _submit(pool: ProcessPoolExecutor, part: FileTask) -> Future:
+    try:
+        return pool.submit(process_file, part)
+    except BrokenProcessPool as e:  # a worker died since the last look: this part is retried with the others
+        failed: Future = Future()
+        failed.set_exception(e)
+        return failed
+
+
 def _next(window: deque, pool: ProcessPoolExecutor, num_proc: int, context):
-    task, future = window[0]
+    task, part, n_parts, future = window[0]
     try:
         result = future.result()
-    except BrokenProcessPool:  # some worker died: find the file that kills it, keep the others' results
+    except BrokenProcessPool:  # some worker died: find the part that kills it, keep the others' results
         pool.shutdown(wait=False, cancel_futures=True)
-        for pending, done in list(window):
+        for task, part, n_parts, done in list(window):
             if done.done() and not done.cancelled() and done.exception() is None:
                 outcome = done.result()  # finished before the crash
             else:
                 with ProcessPoolExecutor(1, mp_context=context) as alone:
                     try:
-                        outcome = alone.submit(process_file, pending).result()
+                        outcome = alone.submit(process_file, part).result()
                     except BrokenProcessPool:
-                        outcome = FileResult(error=f"{pending.path}: the worker process died while converting this "
+                        outcome = FileResult(error=f"{part.path}: the worker process died while converting this "
                                                    "file (a crash in its reader, or out of memory): file skipped")
             window.popleft()
-            yield pending, outcome
+            yield task, n_parts, outcome
         return ProcessPoolExecutor(num_proc, mp_context=context)
     window.popleft()
-    yield task, result
+    yield task, n_parts, result
     return pool

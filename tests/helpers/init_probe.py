@@ -26,4 +26,5 @@ for fsdp in ("full_shard", "offload", "no_shard"):
         "param_devices": sorted({str(p.device) for p in model.parameters()}),
     }
 torch.save(found, out / f"rank{env.rank}.pt")
+del model  # nothing holds a process group when it goes (cpt.train does the same)
 distributed.teardown()
