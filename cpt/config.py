@@ -181,6 +181,26 @@ class SourceConfig:
     dedup: Optional[DedupConfig] = None  # this source's dedup settings; null = data.dedup
 
 
+class Executor(str, Enum):
+    local = "local"  # this machine: data.num_proc processes
+    slurm = "slurm"  # a Slurm job array over file shards, then one job for the rest (data.slurm)
+
+
+@dataclass
+class PrepareSlurmConfig:
+    """data.executor=slurm: `cpt.prepare` converts files as a Slurm job array (submitit), each task using
+    data.num_proc CPUs, then decides dedup / split and tokenizes in one more job. data.root must be on a filesystem
+    every node sees; finished shards survive a failure and are not redone by the next run of the same command."""
+
+    shards: int = 16  # array tasks; each converts every shards-th file (or page range of a big PDF)
+    partition: Optional[str] = None
+    mem_gb: Optional[int] = None
+    timeout_min: int = 120  # per job; a timed-out or preempted shard is requeued and redone
+    array_parallelism: int = 64  # array tasks running at once
+    setup: List[str] = field(default_factory=list)  # shell lines before each job, e.g. "source .venv/bin/activate"
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # other sbatch options: {account: x}
+
+
 @dataclass
 class DataConfig:
     name: str = "sample"
@@ -197,6 +217,8 @@ class DataConfig:
     tokenize_batch: int = 256  # documents per tokenizer call
     shard_tokens: int = 2**28  # tokens per shard file
     strict: bool = False  # any unreadable file or record stops prepare instead of being reported and skipped
+    executor: Executor = Executor.local  # where prepare's work runs: this machine, or Slurm (data.slurm)
+    slurm: PrepareSlurmConfig = field(default_factory=PrepareSlurmConfig)
 
 
 @dataclass

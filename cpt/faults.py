@@ -7,6 +7,7 @@
   CPT_FAULT_SLOW=<seconds>          every optimizer step takes at least this long (a long job in a short test)
   CPT_FAULT_CRASH_ON_FILE=<name>    the prepare worker converting a file of that name SIGKILLs itself
                                     (data.num_proc >= 2: with 1 process it is prepare itself that dies)
+  CPT_FAULT_FAIL_SHARD=<k>          array task k of a Slurm prepare (data.executor=slurm) fails at its start
 The tests rerun the command without the variable to resume.
 """
 
@@ -53,3 +54,9 @@ def maybe_slow() -> None:
     seconds = os.environ.get("CPT_FAULT_SLOW")
     if seconds:
         time.sleep(float(seconds))
+
+
+def maybe_fail_shard(shard: int) -> None:
+    spec = _get("CPT_FAULT_FAIL_SHARD")
+    if spec and spec[0] == shard:
+        raise RuntimeError(f"CPT_FAULT_FAIL_SHARD: shard {shard} fails on purpose")

@@ -15,16 +15,18 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from omegaconf import DictConfig
 
 from cpt.cli import user_errors
-from cpt.config import DataConfig, RunConfig, to_run_config
+from cpt.config import DataConfig, Executor, RunConfig, to_run_config
 from cpt.data.convert import expand_paths
 from cpt.data.dedup import Deduplicator
-from cpt.data.file_stage import FileTask, run_in_order
+from cpt.data.file_stage import FileResult, FileTask, run_in_order
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import pack_documents, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
@@ -38,7 +40,8 @@ log = logging.getLogger("cpt.prepare")
 def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
     """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
     Source weights are a training-time choice and are left out, and so is how the work is spread."""
-    options = {k: v for k, v in vars(cfg).items() if k not in ("sources", "root", "name", "num_proc", "strict")}
+    options = {k: v for k, v in vars(cfg).items()
+               if k not in ("sources", "root", "name", "num_proc", "strict", "executor", "slurm")}
     options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
     listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
@@ -47,21 +50,24 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Path, report: PrepareReport) -> None:
-    """Stage 1: every file converted, chunked, cleaned and signed in `data.num_proc` workers (cpt.data.file_stage);
-    here, in file order, the dedup decisions, the report, and docs/<source>.<split>.jsonl."""
+def file_tasks(cfg: DataConfig, files: dict[str, list[Path]]) -> list[FileTask]:
+    return [FileTask(source.name, path, source.format, cfg.convert, cfg.clean, source.dedup or cfg.dedup,
+                     cfg.chunk_chars, cfg.val_fraction) for source in cfg.sources for path in files[source.name]]
+
+
+def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, docs_dir: Path,
+                    report: PrepareReport) -> None:
+    """Stage 1: every file converted, chunked, cleaned and signed (cpt.data.file_stage, in `data.num_proc` workers
+    or a Slurm array); here, in file order, the dedup decisions, the report, and docs/<source>.<split>.jsonl."""
     from tqdm import tqdm
 
     docs_dir.mkdir(parents=True)
     dedup = Deduplicator()
-    tasks = (FileTask(source.name, path, source.format, cfg.convert, cfg.clean, source.dedup or cfg.dedup,
-                      cfg.chunk_chars, cfg.val_fraction) for source in cfg.sources for path in files[source.name])
     outs = {(s.name, split): open(docs_dir / f"{s.name}.{split}.jsonl", "w", encoding="utf-8")
             for s in cfg.sources for split in SPLITS}
-    total = sum(len(paths) for paths in files.values())
     try:
         with tqdm(total=total, desc="convert", unit="file", mininterval=1.0) as bar:  # closed on errors too
-            for task, result in run_in_order(tasks, cfg.num_proc):
+            for task, result in results:
                 entry = report.file(task.source, task.path, result.format or task.format)
                 for line, message in result.record_errors:
                     report.record_error(entry, line, message)
@@ -84,7 +90,10 @@ def convert_sources(cfg: DataConfig, files: dict[str, list[Path]], docs_dir: Pat
             out.close()
 
 
-def prepare(cfg: RunConfig) -> Path:
+def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
+    """Prepare cfg.data (nothing to do when up to date). data.executor=slurm: this process submits the Slurm jobs
+    and waits for them; the last one calls prepare again with `converted`, the work directory whose shards hold
+    every file's converted result."""
     d = cfg.data
     validate_data(d)
     tokenizer = build_tokenizer(cfg.model)
@@ -95,6 +104,17 @@ def prepare(cfg: RunConfig) -> Path:
     if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()).get("fingerprint") == fp:
         log.info("prepared data %s is up to date (fingerprint %s): nothing to do", out, fp)
         return out
+    tasks = file_tasks(d, files)
+    if d.executor == Executor.slurm and converted is None:
+        from cpt.data.slurm_prepare import prepare_on_slurm
+
+        return prepare_on_slurm(cfg, tasks, work_dir(d, fp))
+    if converted is not None:
+        from cpt.data.slurm_prepare import read_shards
+
+        results = read_shards(tasks, converted)
+    else:
+        results = run_in_order(tasks, d.num_proc)
 
     start = time.perf_counter()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -102,7 +122,7 @@ def prepare(cfg: RunConfig) -> Path:
     tmp.mkdir(parents=True)
     try:
         stage_seconds: dict[str, float] = {}
-        dtype, sources = build(d, files, tokenizer, tmp, stage_seconds)
+        dtype, sources = build(d, results, len(tasks), tokenizer, tmp, stage_seconds)
         tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
         manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
@@ -119,13 +139,13 @@ def prepare(cfg: RunConfig) -> Path:
     return out
 
 
-def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path,
+def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, tokenizer, tmp: Path,
           stage_seconds: dict[str, float]) -> tuple[str, dict]:
     """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split);
     the wall time of each stage into stage_seconds."""
     report = PrepareReport(d.strict)
     start = time.perf_counter()
-    convert_sources(d, files, tmp / "docs", report)
+    convert_sources(d, results, total, tmp / "docs", report)
     stage_seconds["convert"] = round(time.perf_counter() - start, 2)
     report.log_summary()
     for source in d.sources:
@@ -155,6 +175,12 @@ def build(d: DataConfig, files: dict[str, list[Path]], tokenizer, tmp: Path,
     stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
     report.save(tmp / "report.json")
     return dtype, sources
+
+
+def work_dir(d: DataConfig, fp: str) -> Path:
+    """Where a Slurm prepare keeps its shards until the data is published: beside it, one per fingerprint."""
+    out = data_dir(d)
+    return out.with_name(f".{out.name}.work-{fp}")
 
 
 def swap_in(tmp: Path, out: Path) -> None:

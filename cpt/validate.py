@@ -109,6 +109,8 @@ def validate_data(cfg: DataConfig) -> None:
     if cfg.chunk_chars is not None and cfg.chunk_chars < max(1, cfg.clean.min_chars):
         raise ConfigError("data.chunk_chars", f"must be null or >= data.clean.min_chars ({cfg.clean.min_chars}), "
                           f"got {cfg.chunk_chars}")
+    if cfg.slurm.shards < 1:
+        raise ConfigError("data.slurm.shards", f"must be >= 1, got {cfg.slurm.shards}")
     if cfg.convert.pdf_pages_per_task is not None and cfg.convert.pdf_pages_per_task < 1:
         raise ConfigError("data.convert.pdf_pages_per_task", f"must be null or >= 1, got "
                           f"{cfg.convert.pdf_pages_per_task}")

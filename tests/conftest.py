@@ -72,6 +72,19 @@ def run_sweep(cmd: list[str], cwd: Path, sweep_dir: Path, timeout: int = 600) ->
     return proc
 
 
+def prepared_tree(root: Path) -> dict:
+    """Every file of prepared data, byte for byte, less the manifest's timing fields."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "manifest.json":
+            manifest = json.loads(data)
+            manifest.pop("created"), manifest.pop("seconds"), manifest.pop("stage_seconds")
+            data = json.dumps(manifest, sort_keys=True).encode()
+        out[str(path.relative_to(root))] = data
+    return out
+
+
 def run_cli(args: list[str], cwd: Path, torchrun_nproc: int = 0, timeout: int = 600,
             module: str = "cpt.run") -> subprocess.CompletedProcess:
     if torchrun_nproc:

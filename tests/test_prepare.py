@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import compose_cfg, real_corpus, run_cli
+from conftest import compose_cfg, prepared_tree, real_corpus, run_cli
 from cpt.config import to_run_config
 from cpt.data.manifest import load_manifest, open_streams
 from cpt.data.prepare_report import PrepareError
@@ -186,19 +186,6 @@ def test_a_one_file_book_gets_a_validation_share_once_chunked(tmp_path, caplog):
     assert sorted(d["chunk"] for d in train + val) == list(range(len(train) + len(val)))
 
 
-def _tree(root):
-    """Every file of prepared data, byte for byte, less the manifest's timing fields."""
-    out = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        if path.name == "manifest.json":
-            manifest = json.loads(data)
-            manifest.pop("created"), manifest.pop("seconds"), manifest.pop("stage_seconds")
-            data = json.dumps(manifest, sort_keys=True).encode()
-        out[str(path.relative_to(root))] = data
-    return out
-
-
 def test_output_is_identical_for_any_number_of_processes(tmp_path):
     """Licenses (front matter, near-duplicates, chunked long ones) and bad files, by 1 and by 2 worker processes."""
     lic = real_corpus("licenses")
@@ -214,7 +201,7 @@ def test_output_is_identical_for_any_number_of_processes(tmp_path):
     report = json.loads((one / "report.json").read_text())
     assert report["summary"]["dropped"]["legal"].get("near_duplicate", 0) > 0  # decisions that depend on order
     assert any("chunk" in d for d in docs(one, "legal", "train"))
-    assert _tree(one) == _tree(two)
+    assert prepared_tree(one) == prepared_tree(two)
 
 
 def test_a_worker_that_dies_on_a_file_costs_that_file_only(tmp_path, monkeypatch):
@@ -255,4 +242,36 @@ def test_a_big_pdf_read_in_page_ranges_gives_the_same_output(tmp_path):
     files = json.loads((whole / "report.json").read_text())["files"]
     status = {os.path.basename(f["path"]): f["status"] for f in files}
     assert status == {"R-data.pdf": "ok", "broken.pdf": "error"}
-    assert _tree(whole) == _tree(ranges[0]) == _tree(ranges[1])
+    assert prepared_tree(whole) == prepared_tree(ranges[0]) == prepared_tree(ranges[1])
+
+
+def test_shards_converted_apart_then_finished_give_the_local_output(tmp_path):
+    """The Slurm path without Slurm: the plan, each array task's shard (3 shards, one with a PDF's page ranges and
+    a bad file), then the finishing prepare reading them back == a local prepare, byte for byte."""
+    from cpt.data.slurm_prepare import ConvertShard, _load_or_write_plan
+    from cpt.prepare import file_tasks, fingerprint, work_dir
+    from cpt.tokenizer import build_tokenizer, identity
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in sorted(real_corpus("licenses").glob("*.LICENSE"))[:30]:
+        shutil.copy(f, src / f.name)
+    shutil.copy(real_corpus("r-manuals", "R-data.pdf"), src / "R-data.pdf")
+    (src / "zz-binary.LICENSE").write_bytes(bytes(range(256)) * 8)
+    sources = [{"name": "mixed", "paths": [str(src / "*.LICENSE"), str(src / "*.pdf")]}]
+    extra = ("data.chunk_chars=3000", "data.convert.pdf_pages_per_task=9")
+    local = prepare(data_cfg(tmp_path / "local", sources, *extra))
+
+    cfg = data_cfg(tmp_path / "slurm", sources, *extra, "data.executor=slurm", "data.slurm.shards=3")
+    from cpt.data.convert import expand_paths
+
+    files = {s.name: expand_paths(s.paths, "paths") for s in cfg.data.sources}
+    tasks = file_tasks(cfg.data, files)
+    work = work_dir(cfg.data, fingerprint(cfg.data, identity(build_tokenizer(cfg.model)), files))
+    work.mkdir(parents=True)
+    plan = _load_or_write_plan(tasks, work, 3)
+    assert len(plan["units"]) > len(tasks)  # the PDF is cut into page ranges
+    for k in range(3):
+        ConvertShard()(tasks, work, k, 3, 1)
+    finished = prepare(cfg, converted=work)
+    assert prepared_tree(finished) == prepared_tree(local)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, rank_env, read_metrics, submitit_logs
+from conftest import TINY, prepared_tree, rank_env, read_metrics, real_corpus, submitit_logs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.full]
 
@@ -138,3 +138,36 @@ def test_cancelled_job_fails_the_sweep_promptly(tmp_path):
     out, err = proc.communicate(timeout=180)
     assert proc.returncode != 0 and time.time() - start < 120
     assert "CANCELLED" in err or "cancel" in err.lower()
+
+
+def test_prepare_as_a_job_array_resumes_failed_shards_and_matches_the_local_output(tmp_path):
+    """data.executor=slurm on the real cluster: 3 array tasks + the finishing job. Shard 1 fails on purpose: prepare
+    names it and stops; the same command again redoes shard 1 only, and the data == a local prepare's."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in sorted(real_corpus("licenses").glob("*.LICENSE"))[:40]:
+        shutil.copy(f, src / f.name)
+    shutil.copy(real_corpus("r-manuals", "R-data.pdf"), src / "R-data.pdf")
+    common = ["model=tiny", "data=sample", "data.name=mixed", "data.chunk_chars=3000", "data.num_proc=1",
+              "data.convert.pdf_pages_per_task=9",
+              f"data.sources=[{{name: mixed, paths: ['{src}/*.LICENSE', '{src}/*.pdf']}}]"]
+
+    def prepare(root, *extra, env=None):
+        return subprocess.run([sys.executable, "-m", "cpt.prepare", *common, f"data.root={root}", *extra],
+                              cwd=tmp_path, env={**rank_env(), **(env or {})}, capture_output=True, text=True,
+                              timeout=600)
+
+    local = prepare(tmp_path / "local")
+    assert local.returncode == 0, local.stderr[-3000:]
+    on_slurm = ["data.executor=slurm", "data.slurm.shards=3"]
+    failed = prepare(tmp_path / "slurm", *on_slurm, env={"CPT_FAULT_FAIL_SHARD": "1"})
+    assert failed.returncode == 2
+    assert "error: 1 of 3 shards failed (1)" in failed.stderr and "Run the same command again" in failed.stderr
+    (work,) = (tmp_path / "slurm").glob(".mixed.work-*")
+    assert sorted(p.name for p in work.glob("shard-*.jsonl")) == ["shard-00000.jsonl", "shard-00002.jsonl"]
+
+    again = prepare(tmp_path / "slurm", *on_slurm)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "3 shards, 2 already done" in again.stderr and "shards 1\n" in again.stderr
+    assert not work.exists()  # the work directory goes once the data is published
+    assert prepared_tree(tmp_path / "slurm" / "mixed") == prepared_tree(tmp_path / "local" / "mixed")

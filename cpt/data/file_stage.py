@@ -121,11 +121,26 @@ def page_ranges(task: FileTask) -> list[FileTask]:
     return [replace(task, pages=(first, min(first + per_task - 1, count))) for first in range(1, count + 1, per_task)]
 
 
+Unit = tuple[FileTask, FileTask, int]  # (the file's task, this part's task, the file's number of parts)
+
+
+def plan_units(tasks: Iterable[FileTask]) -> Iterator[Unit]:
+    """The units of work, in order: a file, or each page range of a big PDF."""
+    for task in tasks:
+        parts = page_ranges(task)
+        for part in parts:
+            yield task, part, len(parts)
+
+
 def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[FileTask, FileResult]]:
-    """(task, result) in the order of `tasks`, a PDF read in page ranges put together."""
-    units = ((task, part, len(parts)) for task in tasks for parts in [page_ranges(task)] for part in parts)
+    """(task, result) in the order of `tasks`, by num_proc local processes."""
+    return assemble(results(plan_units(tasks), num_proc))
+
+
+def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterator[tuple[FileTask, FileResult]]:
+    """Per-unit results (in unit order) -> per-file results, a PDF read in page ranges put together."""
     collected: list[FileResult] = []
-    for task, n_parts, result in _results(units, num_proc):
+    for task, n_parts, result in part_results:
         if n_parts == 1:
             yield task, result
             continue
@@ -135,9 +150,13 @@ def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[Fil
             collected = []
 
 
-def _results(units: Iterable[tuple[FileTask, FileTask, int]], num_proc: int):
+BATCH_UNITS, BATCH_BYTES = 64, 8 << 20  # small files travel to a worker together: one round trip for many
+
+
+def results(units: Iterable[Unit], num_proc: int) -> Iterator[tuple[FileTask, int, FileResult]]:
     """(file task, its number of parts, the part's result) in the order of `units`. num_proc > 1: that many
-    spawned workers, at most 2 * num_proc parts in flight (memory stays bounded whatever the corpus size)."""
+    spawned workers, fed batches of small files (or one big file, or one page range), at most 2 * num_proc batches
+    in flight (memory stays bounded whatever the corpus size)."""
     if num_proc <= 1:
         for task, part, n_parts in units:
             yield task, n_parts, process_file(part)
@@ -146,8 +165,8 @@ def _results(units: Iterable[tuple[FileTask, FileTask, int]], num_proc: int):
     pool = ProcessPoolExecutor(num_proc, mp_context=context)
     window: deque = deque()
     try:
-        for task, part, n_parts in units:
-            window.append((task, part, n_parts, _submit(pool, part)))
+        for batch in _batches(units):
+            window.append((batch, _submit(pool, [part for _, part, _ in batch])))
             while len(window) >= 2 * num_proc:
                 pool = yield from _next(window, pool, num_proc, context)
         while window:
@@ -156,34 +175,63 @@ def _results(units: Iterable[tuple[FileTask, FileTask, int]], num_proc: int):
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(pool: ProcessPoolExecutor, part: FileTask) -> Future:
+def process_batch(parts: list[FileTask]) -> list[FileResult]:
+    return [process_file(part) for part in parts]
+
+
+def _batches(units: Iterable[Unit]) -> Iterator[list[Unit]]:
+    batch: list[Unit] = []
+    size = 0
+    for unit in units:
+        part = unit[1]
+        try:
+            unit_size = BATCH_BYTES if part.pages else part.path.stat().st_size
+        except OSError:
+            unit_size = 0  # the worker reports why it cannot be read
+        if batch and (len(batch) >= BATCH_UNITS or size + unit_size > BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(unit)
+        size += unit_size
+    if batch:
+        yield batch
+
+
+def _submit(pool: ProcessPoolExecutor, parts: list[FileTask]) -> Future:
     try:
-        return pool.submit(process_file, part)
-    except BrokenProcessPool as e:  # a worker died since the last look: this part is retried with the others
+        return pool.submit(process_batch, parts)
+    except BrokenProcessPool as e:  # a worker died since the last look: this batch is retried with the others
         failed: Future = Future()
         failed.set_exception(e)
         return failed
 
 
 def _next(window: deque, pool: ProcessPoolExecutor, num_proc: int, context):
-    task, part, n_parts, future = window[0]
+    batch, future = window[0]
     try:
-        result = future.result()
+        outcomes = future.result()
     except BrokenProcessPool:  # some worker died: find the part that kills it, keep the others' results
         pool.shutdown(wait=False, cancel_futures=True)
-        for task, part, n_parts, done in list(window):
+        for batch, done in list(window):
             if done.done() and not done.cancelled() and done.exception() is None:
-                outcome = done.result()  # finished before the crash
+                outcomes = done.result()  # finished before the crash
             else:
-                with ProcessPoolExecutor(1, mp_context=context) as alone:
-                    try:
-                        outcome = alone.submit(process_file, part).result()
-                    except BrokenProcessPool:
-                        outcome = FileResult(error=f"{part.path}: the worker process died while converting this "
-                                                   "file (a crash in its reader, or out of memory): file skipped")
+                outcomes = [_alone(part, context) for _, part, _ in batch]
             window.popleft()
-            yield task, n_parts, outcome
+            for (task, _, n_parts), outcome in zip(batch, outcomes):
+                yield task, n_parts, outcome
         return ProcessPoolExecutor(num_proc, mp_context=context)
     window.popleft()
-    yield task, n_parts, result
+    for (task, _, n_parts), outcome in zip(batch, outcomes):
+        yield task, n_parts, outcome
     return pool
+
+
+def _alone(part: FileTask, context) -> FileResult:
+    """One part in a process of its own: its result, or the error of the part that kills its worker."""
+    with ProcessPoolExecutor(1, mp_context=context) as alone:
+        try:
+            return alone.submit(process_file, part).result()
+        except BrokenProcessPool:
+            return FileResult(error=f"{part.path}: the worker process died while converting this file (a crash in "
+                                    "its reader, or out of memory): file skipped")
