@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from cpt.cli import user_errors
 from cpt.config import DataConfig, Executor, RunConfig, to_run_config
 from cpt.data.convert import expand_paths
-from cpt.data.dedup import Deduplicator
+from cpt.data.dedup import SHINGLE_HASH, Deduplicator
 from cpt.data.file_stage import FileResult, FileTask, run_in_order
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import pack_documents, token_dtype
@@ -46,7 +46,7 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
     ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
-    blob = json.dumps([repr(options), ids, listing, formats], sort_keys=True, default=str)
+    blob = json.dumps([repr(options), ids, listing, formats, SHINGLE_HASH], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

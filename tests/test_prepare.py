@@ -86,7 +86,8 @@ def test_split_is_stable_and_independent_of_file_order(tmp_path):
     splits = []
     for d in ("a", "b"):
         out = prepare(data_cfg(tmp_path / f"out-{d}", [{"name": "lic", "paths": [str(tmp_path / d)], "format": "text"}],
-                               "data.val_fraction=0.3"))
+                               "data.val_fraction=0.3", "data.dedup.near=false"))
+        # near dedup off: which of two near-twins stays depends on file order; the split is what is tested here
         splits.append({s: sorted(x["text"] for x in docs(out, "lic", s)) for s in ("train", "val")})
     assert splits[0] == splits[1]
     assert len(splits[0]["val"]) > 5 and len(splits[0]["train"]) > 20

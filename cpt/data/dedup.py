@@ -10,6 +10,7 @@ import re
 from typing import Optional
 
 import numpy as np
+import xxhash
 from datasketch import MinHash, MinHashLSH
 
 from cpt.config import DedupConfig, Shingle
@@ -52,13 +53,17 @@ Signature = tuple[Optional[bytes], Optional[np.ndarray]]  # (exact key, MinHash 
 _PERMUTATIONS: dict[int, tuple] = {}
 
 
+SHINGLE_HASH = "xxh32"  # part of prepare's fingerprint: changing it changes every signature
+
+
 def _minhash(num_perm: int, **kw) -> MinHash:
-    """MinHash with permutations drawn once per size (seed 1) and shared by every document and process."""
+    """MinHash with permutations drawn once per size (seed 1) and shared by every document and process. Shingles
+    are hashed with xxh32 (datasketch's default, sha1 in Python, took 3/4 of prepare's per-file time)."""
     if num_perm not in _PERMUTATIONS:
         template = MinHash(num_perm=num_perm, seed=1)
         _PERMUTATIONS[num_perm] = (template.permutations, template.scheme)
     permutations, scheme = _PERMUTATIONS[num_perm]
-    return MinHash(num_perm=num_perm, permutations=permutations, scheme=scheme, **kw)
+    return MinHash(num_perm=num_perm, permutations=permutations, scheme=scheme, hashfunc=xxhash.xxh32_intdigest, **kw)
 
 
 def signature(text: str, cfg: DedupConfig) -> Signature:
