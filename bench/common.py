@@ -44,13 +44,16 @@ def data_overrides(data_root: Path = DATA_ROOT) -> list[str]:
 
 
 def run_overrides(size: str, data_root: Path = DATA_ROOT) -> list[str]:
-    """cpt overrides for a bench model and batch; cpt.run and the bare/HF sides read the same values."""
+    """cpt overrides for a bench model and batch; cpt.run and the bare/HF sides read the same values. Document
+    masking is off: the bare loop and HF Trainer attend across packed documents, so all sides do the same math
+    (bench/doc_masking.py measures what masking costs)."""
     s = SIZES[size]
     return [*data_overrides(data_root), "model=tiny", f"model.arch.hidden_size={s['hidden']}",
             f"model.arch.intermediate_size={s['inter']}",
             f"model.arch.num_hidden_layers={s['layers']}", f"model.arch.num_attention_heads={s['heads']}",
             f"trainer.seq_len={s['seq']}", f"trainer.micro_batch_size={s['batch']}",
-            f"model.arch.vocab_size={s.get('vocab', 512)}", "optim.lr=1e-3", "trainer.num_threads=1"]
+            f"model.arch.vocab_size={s.get('vocab', 512)}", "optim.lr=1e-3", "trainer.num_threads=1",
+            "trainer.doc_masking=false"]
 
 
 def arg_parser(doc: str, reps: int, steps: int = 40, warmup: int = 10) -> argparse.ArgumentParser:

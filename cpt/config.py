@@ -202,10 +202,23 @@ class PrepareSlurmConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged training mixture (data.stages, cpt/data/mixture.py)."""
+
+    until: float = MISSING  # the stage ends after this fraction of trainer.steps; the last stage's is 1.0
+    weights: Dict[str, float] = field(default_factory=dict)  # source -> weight; unnamed sources keep their weight
+    replay: Optional[float] = None  # as data.replay, for this stage; null = data.replay
+
+
+@dataclass
 class DataConfig:
     name: str = "sample"
     root: str = "data"  # prepared data lives in <root>/<name>/ (relative to the launch directory)
     sources: List[SourceConfig] = field(default_factory=list)
+    # share of every batch replayed from the sources after the first (the domain), which gets the rest;
+    # null = the sources' weights decide (cpt/data/mixture.py)
+    replay: Optional[float] = None
+    stages: List[StageConfig] = field(default_factory=list)  # a mixture that changes during training; [] = one
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -241,6 +254,7 @@ class TrainerConfig:
     progress_bar: bool = True
     on_nonfinite: NonFinite = NonFinite.stop  # a NaN/inf loss or gradient norm: skip the update or stop
     loss: LossImpl = LossImpl.chunked  # how the cross-entropy meets the vocabulary (cpt/loss.py)
+    doc_masking: bool = True  # packed documents attend only to themselves: positions restart after EOS (doc_masking.py)
     # gradient accumulation under FSDP: when micro-steps reduce-scatter (hybrid_shard always reduce-scatters and
     # all-reduces across replicas on the last micro-step only; DDP reduces on the last one)
     accum_reduce: AccumReduce = AccumReduce.last
@@ -313,6 +327,10 @@ class EvalConfig:
     seq_len: int = 512
     batch_size: int = 4
     max_tokens: Optional[int] = 65536  # per set and model, from the start of the split; null = all of it
+    doc_masking: bool = True  # as trainer.doc_masking: score each packed document on its own context only
+    tasks: List[str] = field(default_factory=list)  # lm-evaluation-harness tasks scored next to perplexity
+    task_dirs: List[str] = field(default_factory=list)  # directories of extra task YAMLs (offline tasks)
+    task_limit: Optional[int] = None  # documents per task; null = all
     device: Device = Device.auto
     num_threads: Optional[int] = None
     out: Optional[str] = None  # report directory; null = the Hydra run directory

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
+from typing import Optional
 
 import numpy as np
 import torch
@@ -42,14 +43,16 @@ def window_batches(stream: TokenStream, windows: range, seq_len: int, batch_size
 
 @torch.no_grad()
 def summed_loss(model: nn.Module, stream: TokenStream, windows: range, seq_len: int, batch_size: int,
-                device: torch.device, amp=nullcontext(), impl: LossImpl = LossImpl.chunked) -> torch.Tensor:
-    """[summed token loss, token count] over the windows, as a float64 tensor on `device` (ready to all-reduce)."""
+                device: torch.device, amp=nullcontext(), impl: LossImpl = LossImpl.chunked,
+                eos_id: Optional[int] = None) -> torch.Tensor:
+    """[summed token loss, token count] over the windows, as a float64 tensor on `device` (ready to all-reduce);
+    `eos_id`: documents masked from each other (cpt.doc_masking)."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for inputs, targets in window_batches(stream, windows, seq_len, batch_size, device):
         with amp:
-            total[0] += lm_loss(model, inputs, targets, reduction="sum", impl=impl).double()
+            total[0] += lm_loss(model, inputs, targets, "sum", impl, eos_id).double()
         total[1] += targets.numel()
     model.train(was_training)
     return total

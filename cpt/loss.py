@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cpt.config import LossImpl
+from cpt.doc_masking import position_ids
 
 CHUNK_BYTES = 2**28  # fp32 logits of one chunk: 256 MiB (431 tokens at Qwen2.5's vocabulary, 5,461 at 12,288)
 
@@ -27,19 +29,21 @@ LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", 
 
 
 def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
-            impl: LossImpl = LossImpl.chunked) -> torch.Tensor:
+            impl: LossImpl = LossImpl.chunked, eos_id: Optional[int] = None) -> torch.Tensor:
     """Token-mean (or summed, `reduction="sum"`) next-token cross-entropy, computed in fp32 whatever the compute
-    dtype."""
+    dtype. With `eos_id`, every document of a packed window attends only to itself (cpt.doc_masking)."""
+    positions = position_ids(inputs, eos_id)
     if impl == LossImpl.chunked and supports_chunked(model):
         with hidden_states_out(model) as head:
-            hidden = model(input_ids=inputs, use_cache=False).logits  # the final (normed) hidden states
+            # the final (normed) hidden states
+            hidden = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
             args = (hidden.flatten(0, 1), head.weight, targets.flatten(), chunk_rows(head.weight.shape[0]))
             if torch.is_grad_enabled():
                 total = ChunkedLinearCrossEntropy.apply(*args)
             else:  # validation: the loss alone
                 total, _, _ = chunked_cross_entropy(*args, want_hidden=False, want_weight=False)
         return total if reduction == "sum" else total / targets.numel()
-    logits = model(input_ids=inputs, use_cache=False).logits
+    logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 

@@ -22,6 +22,7 @@ from cpt.cli import UserError
 from cpt.config import LossImpl, RunConfig, TrainerConfig
 from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.manifest import load_manifest, open_streams
+from cpt.data.mixture import training_mixture
 from cpt.export import export_model
 from cpt.heldout import perplexity, rank_windows, summed_loss
 from cpt.logs import setup_logging
@@ -39,9 +40,10 @@ log = logging.getLogger(__name__)
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
                grad_clip: Optional[float], amp=nullcontext(), inject_nan: bool = False,
                sync: Callable[[bool], None] = lambda last: None, loss_impl: LossImpl = LossImpl.chunked,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               eos_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; `sync(is_last)` says before each backward what that
-    micro-step reduces (cpt.parallelize.gradient_sync).
+    micro-step reduces (cpt.parallelize.gradient_sync); `eos_id`: the documents of a window are masked from each
+    other (cpt.doc_masking).
     Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
     was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
     weights and moments untouched, without the host waiting for the step to finish."""
@@ -49,7 +51,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     for i, (inputs, targets) in enumerate(batches):
         sync(i == grad_accum - 1)
         with amp:
-            loss = lm_loss(model, inputs, targets, impl=loss_impl) / grad_accum
+            loss = lm_loss(model, inputs, targets, impl=loss_impl, eos_id=eos_id) / grad_accum
         if inject_nan:
             loss = loss * float("nan")
         loss.backward()
@@ -67,12 +69,12 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
 
 
 def validation_losses(model: nn.Module, streams: dict[str, TokenStream], t: TrainerConfig, env: distributed.DistEnv,
-                      amp=nullcontext()) -> dict[str, float]:
+                      amp=nullcontext(), eos_id: Optional[int] = None) -> dict[str, float]:
     """Mean token loss on each source's validation windows, summed over all ranks, and over all of them ("all")."""
     totals = torch.stack([
         summed_loss(model, stream, rank_windows(stream, t.seq_len, env.rank, env.world_size,
                                                 t.eval_batches * t.micro_batch_size),
-                    t.seq_len, t.micro_batch_size, env.device, amp, t.loss)
+                    t.seq_len, t.micro_batch_size, env.device, amp, t.loss, eos_id)
         for stream in streams.values()])
     dist.all_reduce(totals)
     losses = {name: (totals[i, 0] / totals[i, 1]).item() for i, name in enumerate(streams) if totals[i, 1] > 0}
@@ -106,14 +108,16 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
     amp = autocast(model, t.precision, env.device)
+    eos_id = tokenizer.eos_token_id if t.doc_masking else None  # documents of a window attend only to themselves
     sync = gradient_sync(model, cfg.fsdp, t.accum_reduce)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
-    weights = {s.name: s.weight for s in cfg.data.sources}
+    mixture = training_mixture(cfg.data, t.steps)
     if env.is_main:
-        for name in [n for n, w in weights.items() if w == 0]:
+        log.info("training mixture: %s", mixture.describe())
+        for name in sorted({s.name for s in cfg.data.sources} - mixture.drawn()):
             log.info("source %s has weight 0: prepared and validated, not trained on", name)
-    train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), weights, t.seq_len, t.micro_batch_size,
+    train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), mixture, t.seq_len, t.micro_batch_size,
                                  t.grad_accum, env.rank, env.world_size, t.seed, env.device)
     val_streams = validation_streams(cfg, manifest, env)
     tokens_per_step = train_loader.global_batch * t.seq_len
@@ -136,7 +140,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     sink = MetricsSink(run_dir, t.steps, state.step, t.progress_bar, env.is_main, tracker)
 
     def validate_and_log(step: int) -> float:
-        losses = validation_losses(model, val_streams, t, env, amp)
+        losses = validation_losses(model, val_streams, t, env, amp, eos_id)
         record = {"step": step, "val_loss": losses["all"], "val_ppl": perplexity(losses["all"])}
         if len(val_streams) > 1:
             record.update({f"val_loss/{name}": losses[name] for name in val_streams})
@@ -150,7 +154,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     throughput = Throughput(fpt, peak, env.world_size, env.device)
     while state.step < t.steps:
         loss, grad_norm, bad = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                          cfg.optim.grad_clip, amp, faults.nan_at(state.step + 1), sync, t.loss)
+                                          cfg.optim.grad_clip, amp, faults.nan_at(state.step + 1), sync, t.loss,
+                                          eos_id)
         state.step += 1
         done = state.step
         if t.compile and done == 1:

@@ -88,7 +88,8 @@ def validate_eval(cfg: EvalConfig) -> None:
         raise ConfigError("domain", f"'{cfg.domain}' is not a source of data '{cfg.data.name}'")
     if cfg.split not in ("train", "val"):
         raise ConfigError("split", f"must be train or val, got {cfg.split!r}")
-    for key, value in (("seq_len", cfg.seq_len), ("batch_size", cfg.batch_size), ("max_tokens", cfg.max_tokens or 1)):
+    for key, value in (("seq_len", cfg.seq_len), ("batch_size", cfg.batch_size), ("max_tokens", cfg.max_tokens or 1),
+                       ("task_limit", cfg.task_limit or 1)):
         if value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
 
@@ -104,6 +105,12 @@ def validate_data(cfg: DataConfig) -> None:
             raise ConfigError(f"data.sources[{i}].weight", f"must be >= 0, got {source.weight}")
     if not any(s.weight > 0 for s in cfg.sources):
         raise ConfigError("data.sources", "every weight is 0: give at least one source a positive weight")
+    for key, replay in [("data.replay", cfg.replay)] + [(f"data.stages[{i}].replay", st.replay)
+                                                         for i, st in enumerate(cfg.stages)]:
+        if replay is not None and not (0 <= replay < 1 and len(cfg.sources) > 1):
+            raise ConfigError(key, f"must be null or in [0, 1) with at least two sources (the first is the domain, "
+                              f"the others are replayed), got {replay} with {len(cfg.sources)} source(s)")
+    validate_stages(cfg, names)
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError("data.val_fraction", f"must be in (0, 1), got {cfg.val_fraction}")
     if cfg.chunk_chars is not None and cfg.chunk_chars < max(1, cfg.clean.min_chars):
@@ -128,3 +135,24 @@ def validate_data(cfg: DataConfig) -> None:
                        ("data.shard_tokens", cfg.shard_tokens)):
         if value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
+
+
+def validate_stages(cfg: DataConfig, names: list[str]) -> None:
+    """data.stages: increasing `until` fractions ending at 1.0, weights of known sources, something to draw."""
+    previous = 0.0
+    for i, stage in enumerate(cfg.stages):
+        key = f"data.stages[{i}]"
+        if not previous < stage.until <= 1:
+            raise ConfigError(f"{key}.until",
+                              f"must be in ({previous:g}, 1] (after the stage before), got {stage.until}")
+        previous = stage.until
+        unknown = sorted(set(stage.weights) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}.weights", f"{unknown} are not sources of data '{cfg.name}' ({names})")
+        weights = {s.name: s.weight for s in cfg.sources} | dict(stage.weights)
+        if any(w < 0 for w in weights.values()) or (stage.replay is None and cfg.replay is None
+                                                    and not any(w > 0 for w in weights.values())):
+            raise ConfigError(f"{key}.weights", f"must be >= 0 with one of them positive, got {weights}")
+    if cfg.stages and cfg.stages[-1].until != 1:
+        raise ConfigError(f"data.stages[{len(cfg.stages) - 1}].until",
+                          f"the last stage must run to the end of training (1.0), got {cfg.stages[-1].until}")

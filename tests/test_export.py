@@ -76,6 +76,51 @@ def test_evaluate_reports_gain_and_forgetting_for_both_models(trained, tmp_path)
     assert "sample (domain)" in table and "base ppl" in table and "trained vs base" in table
 
 
+CLOZE = [("The licensor grants you a worldwide, royalty-free", ["license", "banana split"], 0),
+         ("To be, or not to be, that is the", ["question", "answer to it"], 0),
+         ("Permission is hereby granted, free of", ["charge", "the cat"], 1),
+         ("THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY", ["KIND", "SORT WHATSOEVER"], 0)]
+
+
+def test_evaluate_scores_a_local_harness_task_as_computed_by_hand(trained, tmp_path):
+    """`tasks=[...]` runs lm-evaluation-harness on the exported model: a multiple-choice task written here (YAML +
+    JSONL, offline) scores acc / acc_norm equal to a hand computation of the choices' log-likelihoods."""
+    import math
+
+    import yaml
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "cloze.jsonl").write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n"
+                                               for q, c, a in CLOZE))
+    (tasks / "cloze.yaml").write_text(yaml.safe_dump({
+        "task": "cpt_test_cloze", "dataset_path": "json", "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(tasks / "cloze.jsonl")}}, "output_type": "multiple_choice",
+        "doc_to_text": "{{question}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc"}, {"metric": "acc_norm"}], "metadata": {"version": 1}}))
+    out = tmp_path / "eval"
+    proc = run_cli(["data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", f"+models.trained={trained / 'hf'}",
+                    "seq_len=32", "max_tokens=256", "num_threads=1", "tasks=[cpt_test_cloze]", f"task_dirs=[{tasks}]",
+                    f"out={out}", f"hydra.run.dir={out}"], cwd=tmp_path, module="cpt.evaluate")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    scores = json.loads((out / "report.json").read_text())["tasks"]["trained"]["cpt_test_cloze"]
+
+    model = AutoModelForCausalLM.from_pretrained(trained / "hf", dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(trained / "hf")
+    acc = acc_norm = 0
+    for question, choices, answer in CLOZE:
+        lls = []
+        for choice in choices:
+            context, whole = tok.encode(question), tok.encode(question + " " + choice)
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0], -1)
+            lls.append(sum(logp[i - 1, whole[i]].item() for i in range(len(context), len(whole))))
+        acc += max(range(len(choices)), key=lambda i: lls[i]) == answer
+        acc_norm += max(range(len(choices)), key=lambda i: lls[i] / len(" " + choices[i])) == answer
+    assert math.isclose(scores["acc"], acc / len(CLOZE)) and math.isclose(scores["acc_norm"], acc_norm / len(CLOZE))
+    assert "cpt_test_cloze" in (out / "report.md").read_text()
+
+
 def test_generate_greedy_matches_argmax_decoding(trained):
     hf = trained / "hf"
     proc = subprocess.run([sys.executable, "-m", "cpt.generate", str(hf), "--prompt", "The ", "--greedy",

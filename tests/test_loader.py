@@ -110,3 +110,49 @@ def test_a_weight_zero_source_is_never_drawn_whatever_its_size(tmp_path):
     for _ in range(10):
         mixed.next_batches()
     assert mixed.state_dict()["consumed"] == {"main": 40, "later": 0}
+
+
+def staged_mixture(steps: int, *stages):
+    """A Mixture from (until, {source: weight}) pairs, as data.stages would give it."""
+    from cpt.config import DataConfig, SourceConfig, StageConfig
+    from cpt.data.mixture import training_mixture
+
+    cfg = DataConfig(sources=[SourceConfig(name=n, paths=["x"], weight=1.0) for n in ("legal", "general")],
+                     stages=[StageConfig(until=u, weights=w) for u, w in stages])
+    return training_mixture(cfg, steps)
+
+
+def test_stages_change_the_mixture_at_their_boundaries(tmp_path):
+    legal = make_stream(tmp_path, "legal", np.arange(16 * 500 + 1))
+    general = make_stream(tmp_path, "general", 30000 + np.arange(16 * 500 + 1))
+    mixture = staged_mixture(20, (0.25, {"general": 0.0}), (0.75, {"legal": 0.0}), (1.0, {}))
+    assert mixture.ends == (5, 15, 20) and mixture.describe().startswith("steps 1-5: legal 1, general 0; steps 6-15")
+    ld = loader({"legal": legal, "general": general}, mixture, micro=8)
+    kinds = []
+    for _ in range(25):  # 5 steps past the end: the last stage goes on
+        kinds.append({"general" if x >= 30000 else "legal" for x in starts_of(ld.next_batches(), 16)})
+    assert kinds[:5] == [{"legal"}] * 5 and kinds[5:15] == [{"general"}] * 10
+    assert set().union(*kinds[15:]) == {"legal", "general"}  # 1:1 in the last stage
+
+
+def test_resume_across_a_stage_boundary_is_exact(tmp_path):
+    legal = make_stream(tmp_path, "legal", np.arange(16 * 60 + 1))
+    general = make_stream(tmp_path, "general", 30000 + np.arange(16 * 60 + 1))
+    streams = {"legal": legal, "general": general}
+    mixture = staged_mixture(40, (0.5, {"legal": 0.9, "general": 0.1}), (1.0, {"legal": 0.5, "general": 0.5}))
+    ref = loader(streams, mixture)
+    for _ in range(17):  # saved 3 steps before the boundary (step 20)
+        ref.next_batches()
+    state = ref.state_dict()
+    expected = [starts_of(ref.next_batches(), 16) for _ in range(10)]
+    fresh = loader(streams, mixture)
+    fresh.load_state_dict(state)
+    assert [starts_of(fresh.next_batches(), 16) for _ in range(10)] == expected
+    assert ref.mixture.stage_of(state["step"]) == 0 and ref.mixture.stage_of(ref.step - 1) == 1
+
+
+def test_a_source_only_a_later_stage_draws_must_have_a_window(tmp_path):
+    main = make_stream(tmp_path, "legal", np.arange(16 * 40 + 1))
+    tiny = make_stream(tmp_path, "general", np.arange(5))
+    with pytest.raises(ValueError, match="'general'"):
+        loader({"legal": main, "general": tiny}, staged_mixture(10, (0.5, {"general": 0.0}), (1.0, {})))

@@ -4,7 +4,8 @@ Each (source, split) is one packed token stream (documents joined by EOS, no pad
 shards. A stream is cut into windows of seq_len + 1 tokens (window k starts at token k * seq_len; inputs are
 its first seq_len tokens, targets the last seq_len). Training:
 - every optimizer step draws the source of each sample of the GLOBAL batch from a generator seeded with
-  (seed, step), weighted by the sources' weights (domain data mixed with replayed general data);
+  (seed, step), weighted by the mixture's shares at that step (domain data mixed with replayed general data;
+  cpt.data.mixture, which may change the shares in stages);
 - each source serves its windows in a seeded random order, a new permutation each epoch, without replacement;
 - rank r's micro-step m takes slice (m * world + r) of the global batch: ranks see disjoint windows, and N ranks
   see exactly the batch that 1 rank with N times the accumulation sees;
@@ -18,6 +19,8 @@ from typing import Mapping
 
 import numpy as np
 import torch
+
+from cpt.data.mixture import Mixture
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -51,21 +54,24 @@ def num_windows(stream: TokenStream, seq_len: int) -> int:
 
 
 class MixtureLoader:
-    """Training batches drawn from weighted sources; deterministic for a seed, resumable in O(1)."""
+    """Training batches drawn from weighted sources; deterministic for a seed, resumable in O(1). `mixture`: the
+    sources' shares per step, or constant weights."""
 
-    def __init__(self, streams: Mapping[str, TokenStream], weights: Mapping[str, float], seq_len: int,
+    def __init__(self, streams: Mapping[str, TokenStream], mixture: Mixture | Mapping[str, float], seq_len: int,
                  micro_batch: int, grad_accum: int, rank: int, world: int, seed: int, device: torch.device):
         self.names = list(streams)
         self.streams, self.seq_len, self.device = streams, seq_len, device
         self.micro_batch, self.grad_accum, self.rank, self.world, self.seed = micro_batch, grad_accum, rank, world, seed
         self.global_batch = micro_batch * grad_accum * world
         self.windows = {n: num_windows(s, seq_len) for n, s in streams.items()}
+        self.mixture = mixture if isinstance(mixture, Mixture) else Mixture.constant(mixture)
+        drawn = self.mixture.drawn()
         for name, count in self.windows.items():
-            if count == 0 and weights[name] > 0:  # a weight-0 source is never drawn: its size does not matter
+            if count == 0 and name in drawn:  # a source no stage draws from: its size does not matter
                 raise ValueError(f"source '{name}' has {len(streams[name])} training tokens, fewer than one window of "
                                  f"trainer.seq_len+1={seq_len + 1}: add data or shorten trainer.seq_len")
-        w = torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float64)
-        self.weights = w / w.sum()
+        self.stage_shares = [torch.tensor([stage[n] for n in self.names], dtype=torch.float64)
+                             for stage in self.mixture.stages]
         self.step = 0
         self.consumed = {n: 0 for n in self.names}
         self._perm_cache: dict[str, tuple[int, torch.Tensor]] = {}
@@ -95,7 +101,8 @@ class MixtureLoader:
         if len(self.names) == 1:
             return [0] * self.global_batch
         g = torch.Generator().manual_seed(_mix(self.seed, step, 1 << 20))
-        return torch.multinomial(self.weights, self.global_batch, replacement=True, generator=g).tolist()
+        shares = self.stage_shares[self.mixture.stage_of(step)]
+        return torch.multinomial(shares, self.global_batch, replacement=True, generator=g).tolist()
 
     def next_batches(self) -> list[Batch]:
         """This rank's grad_accum micro-batches of the next optimizer step; advances the position."""
