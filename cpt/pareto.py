@@ -53,20 +53,21 @@ def best_tradeoff(points: list[tuple[float, float]], front: list[int], max_forge
     return max(allowed, key=lambda i: points[i][1]) if allowed else None
 
 
-def plot_pareto(labels: list[str], points: list[tuple[float, float]], front: list[int], best: Optional[int],
-                max_forgetting: float, domain: str, path: Path) -> None:
-    """pareto.png: forgetting (x) against domain gain (y), in percent; every job a labelled point, the front as a
-    line, the forgetting bound dashed, the best trade-off starred."""
+def plot_pareto(names: list[str], labels: list[str], points: list[tuple[float, float]], front: list[int],
+                best: Optional[int], max_forgetting: float, domain: str, path: Path) -> None:
+    """pareto.png: forgetting (x) against domain gain (y), in percent; every job a point marked with its name and
+    listed with its label (what it varies) beside the plot, the front as a line, the forgetting bound dashed, the
+    best trade-off starred."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xs, ys = [100 * f for f, _ in points], [100 * g for _, g in points]
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     ax.scatter(xs, ys, s=36, color="tab:blue", zorder=3, label="job")
-    for x, y, label in zip(xs, ys, labels):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for x, y, name in zip(xs, ys, names):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     on_front = sorted(front, key=lambda i: points[i][0])
     ax.plot([xs[i] for i in on_front], [ys[i] for i in on_front], color="tab:orange", linewidth=1.5, zorder=2,
             label="Pareto front")
@@ -74,11 +75,13 @@ def plot_pareto(labels: list[str], points: list[tuple[float, float]], front: lis
                label=f"forgetting bound {100 * max_forgetting:g}%")
     if best is not None:
         ax.scatter([xs[best]], [ys[best]], marker="*", s=320, color="tab:red", zorder=4,
-                   label=f"best trade-off: {labels[best]}")
+                   label=f"best trade-off: job {names[best]}")
     ax.set_xlabel("forgetting: mean perplexity rise on the other sources (%)")
     ax.set_ylabel(f"domain gain: perplexity drop on '{domain}' (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="best")
+    key = "\n".join(f"{name}: {label}" for name, label in sorted(zip(names, labels), key=lambda p: (len(p[0]), p[0])))
+    fig.text(0.75, 0.5, key, fontsize=8, va="center", family="monospace")
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

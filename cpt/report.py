@@ -124,7 +124,8 @@ def tradeoff_section(jobs: list[dict], out: Path, max_forgetting: float) -> str:
     for i, job in enumerate(scored):
         job["pareto"] = "best" if i == best else "front" if i in front else "dominated"
     domain = scored[0]["tradeoff"]["domain"]
-    plot_pareto([short_label(j) for j in scored], points, front, best, max_forgetting, domain, out / "pareto.png")
+    plot_pareto([j["job"] for j in scored], [short_label(j) for j in scored], points, front, best, max_forgetting,
+                domain, out / "pareto.png")
     others = ", ".join(sorted(scored[0]["tradeoff"]["forgetting_by_source"]))
     lines = [f"\n## Domain gain vs forgetting ({len(scored)} completed jobs; pareto.png)\n",
              f"Domain gain: perplexity drop on '{domain}' from step 0 (the base model) to the last validation. "
