@@ -33,7 +33,7 @@ def gain_and_forgetting(val: dict[int, dict], domain: str) -> Optional[dict]:
     others = {s: c for s, c in change.items() if s != domain}
     return {"domain": domain, "domain_gain": -change[domain],
             "forgetting": sum(others.values()) / len(others) if others else None,
-            "forgetting_by_source": others, "end_step": max(val)}
+            "forgetting_by_source": others}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -64,6 +64,7 @@ def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
         "domain_gain": tradeoff["domain_gain"] if tradeoff else None,
         "forgetting": tradeoff["forgetting"] if tradeoff else None,
         "tradeoff": tradeoff,
+        "pareto": None,  # set by tradeoff_section for the jobs it scores
         "train_curve": sorted((s, r["loss"]) for s, r in train.items()),
         "val_curve": sorted(val.items()),
     }
@@ -177,8 +178,6 @@ def report(sweep: Path, domain: Optional[str] = None, max_forgetting: float = DE
         job["overrides"] = " ".join(o for o in job["overrides"] if o not in common or len(jobs) == 1)
     jobs.sort(key=lambda j: (j["best_val_loss"] is None, j["best_val_loss"] or 0.0))
     best = jobs[0]["job"] if jobs[0]["best_val_loss"] is not None else None
-    for job in jobs:
-        job["pareto"] = None
     tradeoffs = tradeoff_section(jobs, sweep, max_forgetting)
     write_tables(jobs, sweep, tradeoffs)
     plot(jobs, "train_curve", "train loss", sweep / "train_loss.png", best)
