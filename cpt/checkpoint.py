@@ -2,9 +2,9 @@
 
 Layout under `<run dir>/<checkpoint.dir>/`:
   step-00000100/        one complete checkpoint: DCP shards of {"model", "optim"} (every rank writes its own,
-                        nothing is gathered), trainer.pt (the state_dict of every object registered with the
-                        Checkpointer, by name: train state, LR schedule, loader position), rng-<rank>.pt (each rank's
-                        RNG states), config.yaml, and meta.json, written last
+                        nothing is gathered; LoRA: the trainable parameters only), trainer.pt (the state_dict
+                        of every object registered with the Checkpointer, by name: train state, LR schedule, loader
+                        position), rng-<rank>.pt (each rank's RNG states), config.yaml, and meta.json, written last
   latest                the name of the newest complete checkpoint, replaced atomically after it is complete
   .tmp-step-00000100/   a checkpoint being written; renamed to step-... only when complete, so a crash leaves
                         the previous checkpoints valid; leftovers are deleted at the next start
@@ -32,7 +32,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
 from cpt import faults
@@ -118,6 +118,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def clean_name(name: str) -> str:
+    """A parameter's name without the wrappers' prefixes (activation checkpointing, compile), as in state dicts."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
 def safe_load(path: Path) -> Any:
     """torch.load restricted to tensors and plain types: a checkpoint is data, never code to run."""
     try:
@@ -143,10 +148,12 @@ class Checkpointer:
     every `interval` steps and at the end, keeps the last `keep_last`, optionally asynchronously."""
 
     def __init__(self, cfg: CheckpointConfig, run_dir: Path, env: DistEnv, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, states: dict[str, Stateful]):
+                 optimizer: torch.optim.Optimizer, states: dict[str, Stateful], trainable_only: bool = False):
         self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, run_dir / "config.yaml"
         self.rank, self.world = env.rank, env.world_size
         self.model, self.optimizer, self.states = model, optimizer, states
+        # LoRA: frozen base weights are not saved; they come back from where the run built them
+        self.options = StateDictOptions(ignore_frozen_params=True, strict=False) if trainable_only else None
         self.pending: Optional[tuple[Any, Path, int]] = None  # (future, tmp dir, step) of an async save
         # an async save runs collectives from a background thread: they need their own group, or they interleave
         # with training's collectives on the default one
@@ -178,8 +185,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         dist.barrier()
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        sharded = {"model": model_sd, "optim": optim_sd}
+        sharded = self._state()
         torch.save(rng_state(), tmp / f"rng-{self.rank}.pt")
         if self.rank == 0:
             torch.save({name: obj.state_dict() for name, obj in self.states.items()}, tmp / TRAINER_STATE)
@@ -199,10 +205,10 @@ class Checkpointer:
         """Restore everything registered from a complete checkpoint: model + optimizer resharded to this world size,
         each named state, and the RNG states when the world size matches."""
         start = time.perf_counter()
-        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        sharded = {"model": model_sd, "optim": optim_sd}
+        sharded = self._state()
         dcp.load(sharded, checkpoint_id=str(path))
-        set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optim"])
+        set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optim"],
+                       options=self.options)
         saved = safe_load(path / TRAINER_STATE)
         missing = set(self.states) - set(saved)
         if missing:
@@ -218,6 +224,15 @@ class Checkpointer:
             log.warning("checkpoint %s was written by %d ranks, this run has %d: RNG states start fresh",
                         path.name, meta["world_size"], self.world)
         log.info("resumed from %s (step %d) in %.2f s", path, meta["step"], time.perf_counter() - start)
+
+    def _state(self) -> dict:
+        """{"model", "optim"} state dicts of this rank, as DCP saves and loads them."""
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=self.options)
+        if self.options is not None:  # a tied lm_head is named apart from its (frozen) embedding: drop it too
+            frozen = {clean_name(n) for n, p in self.model.named_parameters(remove_duplicate=False)
+                      if not p.requires_grad}
+            model_sd = {k: v for k, v in model_sd.items() if k not in frozen}
+        return {"model": model_sd, "optim": optim_sd}
 
     def wait(self) -> None:
         """Complete an asynchronous save (every rank), then publish it."""

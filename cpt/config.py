@@ -90,6 +90,27 @@ class ArchConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (peft) instead of full training: the base weights stay frozen (cpt/lora.py)."""
+
+    enabled: bool = False
+    r: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / r (Biderman et al. 2024: alpha = 2r)
+    dropout: float = 0.05
+    target_modules: Optional[List[str]] = None  # module names; null = every linear layer of the decoder blocks
+    # also train the input embedding and lm_head in full (e.g. the new rows of model.extend_vocab)
+    train_embeddings: bool = False
+
+
+@dataclass
+class VocabExtensionConfig:
+    """New tokens added to the tokenizer; their embeddings start as the mean of their old sub-tokens' (cpt/vocab.py)."""
+
+    tokens: List[str] = field(default_factory=list)
+    file: Optional[str] = None  # a UTF-8 file of new tokens, one per line (blank lines skipped)
+
+
+@dataclass
 class ModelConfig:
     name: str = "tiny"
     # hub id or local directory; null = build from `arch` (random init)
@@ -105,6 +126,8 @@ class ModelConfig:
     # stop if a pretrained model's step-0 validation loss is near ln(vocab): its weights were not loaded
     check_weights_loaded: bool = True
     arch: ArchConfig = field(default_factory=ArchConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    extend_vocab: VocabExtensionConfig = field(default_factory=VocabExtensionConfig)
 
 
 @dataclass
@@ -298,6 +321,7 @@ class ExportConfig:
     dir: str = "hf"  # relative to the run directory
     push_to_hub: Optional[str] = None  # a hub repo id ("user/name") to upload the export to; null = no upload
     private: bool = True  # a repo created by push_to_hub is private
+    lora_adapter: bool = False  # model.lora: also save the adapter alone (peft directory) in <dir>/adapter
 
 
 @dataclass

@@ -17,8 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 from cpt.cli import user_errors
+from cpt.config import RunConfig
 from cpt.distributed import DistEnv
-from cpt.model import hf_config, tied_keys
+from cpt.lora import has_lora, merge_lora
+from cpt.model import build_model, tied_keys
 from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,22 @@ def save_hf(state: dict[str, torch.Tensor], config, generation_config, tokenizer
     tmp.rename(out)
 
 
-def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, env: DistEnv, push_to_hub: Optional[str] = None,
-                 private: bool = True) -> Optional[Path]:
-    """Collective: every rank calls it; rank 0 writes `out` and returns it."""
+def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, env: DistEnv, cfg: RunConfig) -> Optional[Path]:
+    """Collective: every rank calls it; rank 0 writes `out` (LoRA: merged; `export.lora_adapter`: the adapter alone
+    in out/adapter too) and returns it."""
     state = plain_state_dict(model)
     if env.is_main:
+        adapter = out.with_name(f".{out.name}.adapter") if cfg.export.lora_adapter else None
+        if adapter is not None:
+            shutil.rmtree(adapter, ignore_errors=True)
+        if has_lora(state):
+            state = merge_lora(state, model.config, cfg.model.lora, adapter, cfg.model.name_or_path)
         save_hf(state, model.config, getattr(model, "generation_config", None), tokenizer, out)
+        if adapter is not None:
+            adapter.rename(out / "adapter")
         log.info("exported a transformers model directory to %s", out)
-        if push_to_hub:
-            push(out, push_to_hub, private)
+        if cfg.export.push_to_hub:
+            push(out, cfg.export.push_to_hub, cfg.export.private)
     dist.barrier()
     return out if env.is_main else None
 
@@ -99,7 +108,7 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
     without the run's ranks: DCP reassembles the full tensors from the shards."""
     import torch.distributed.checkpoint as dcp
     from omegaconf import OmegaConf
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     from cpt.checkpoint import resolve_resume
     from cpt.config import to_run_config
@@ -109,17 +118,28 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
     out = out or ckpt.parent.parent / f"hf-{ckpt.name}"
     cfg = to_run_config(OmegaConf.load(ckpt / "config.yaml"))
     tokenizer = build_tokenizer(cfg.model)
-    config = hf_config(cfg.model)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    state = {"model": model.state_dict()}
+    lora = cfg.model.lora.enabled
+    # LoRA checkpoints hold the trainable parameters only: the base is built as the run built it (weights from
+    # model.name_or_path, or the run's seed for a random init); otherwise an empty structure is filled from the shards
+    torch.manual_seed(cfg.trainer.seed)
+    model = build_model(cfg.model, on_meta=not lora, tokenizer=tokenizer)
+    if not lora:
+        model.to_empty(device="cpu")
+        model.tie_weights()
+    params = model.state_dict(keep_vars=True)
+    state = {"model": {k: v.detach() for k, v in params.items() if not lora or v.requires_grad}}
     dcp.load(state, checkpoint_id=str(ckpt))
+    model.load_state_dict(state["model"], strict=not lora)
+    full = model.state_dict()
+    if lora:
+        full = merge_lora(full, model.config, cfg.model.lora)
     generation = None
     if not cfg.model.random_init:
         try:
             generation = GenerationConfig.from_pretrained(cfg.model.name_or_path)
         except OSError:
             pass
-    save_hf(state["model"], config, generation, tokenizer, out)
+    save_hf(full, model.config, generation, tokenizer, out)
     log.info("exported checkpoint %s to %s", ckpt, out)
     return out
 

@@ -44,15 +44,18 @@ def window_batches(stream: TokenStream, windows: range, seq_len: int, batch_size
 @torch.no_grad()
 def summed_loss(model: nn.Module, stream: TokenStream, windows: range, seq_len: int, batch_size: int,
                 device: torch.device, amp=nullcontext(), impl: LossImpl = LossImpl.chunked,
-                eos_id: Optional[int] = None) -> torch.Tensor:
-    """[summed token loss, token count] over the windows, as a float64 tensor on `device` (ready to all-reduce);
-    `eos_id`: documents masked from each other (cpt.doc_masking)."""
+                eos_id: Optional[int] = None, byte_table: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[summed token loss, token count, UTF-8 bytes of the targets] over the windows, as a float64 tensor on
+    `device` (ready to all-reduce); `eos_id`: documents masked from each other (cpt.doc_masking); `byte_table`:
+    bytes per token id (cpt.bits_per_byte; without it the byte count is 0)."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros(3, dtype=torch.float64, device=device)
     for inputs, targets in window_batches(stream, windows, seq_len, batch_size, device):
         with amp:
             total[0] += lm_loss(model, inputs, targets, "sum", impl, eos_id).double()
         total[1] += targets.numel()
+        if byte_table is not None:
+            total[2] += byte_table[targets].sum()
     model.train(was_training)
     return total

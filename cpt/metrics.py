@@ -50,13 +50,18 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6 * matmul_params (forward 2, backward 4) plus the attention score and value
-    matmuls, 12 * layers * heads * head_dim * seq_len."""
+    """Training FLOPs per token: 6 * matmul_params (forward 2, backward 4: 2 for the inputs' gradient, 2 for the
+    weights') plus the attention score and value matmuls, 12 * layers * heads * head_dim * seq_len. Frozen weights
+    (LoRA's base) get no weight gradient: 4 per parameter instead of 6."""
     cfg = model.config
     params = matmul_params(model)
+    embedding = model.get_input_embeddings().weight
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    frozen = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values()
+                 if not p.requires_grad and (tied or p is not embedding))
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return 6 * params + 12 * cfg.num_hidden_layers * heads * head_dim * seq_len
+    return 6 * params - 2 * frozen + 12 * cfg.num_hidden_layers * heads * head_dim * seq_len
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype, configured: Optional[float]) -> Optional[float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -15,7 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from cpt.cli import UserError
 from cpt.config import ModelConfig
+from cpt.lora import add_lora
 from cpt.tokenizer import Tokenizer
+from cpt.vocab import extend_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,22 @@ def hf_config(cfg: ModelConfig):
     return AutoConfig.for_model(arch.model_type, **values, **arch.extra)
 
 
-def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
-    """A plain fp32 causal LM on the CPU, or its empty structure on the meta device. The caller seeds torch so
-    that random init is reproducible."""
+def build_model(cfg: ModelConfig, on_meta: bool = False, tokenizer: Optional[Tokenizer] = None) -> nn.Module:
+    """A plain fp32 causal LM on the CPU, or its empty structure on the meta device, with the embedding rows of the
+    tokenizer's added tokens (model.extend_vocab, cpt.vocab) and LoRA adapters (model.lora, cpt.lora) when
+    configured. The caller seeds torch so that random init (and the adapters' init) is reproducible."""
+    model = load_model(cfg, on_meta)
+    if tokenizer is not None:
+        extend_embeddings(model, tokenizer.extension)
+    if cfg.lora.enabled:
+        add_lora(model, cfg.lora)
+        if tokenizer is not None and tokenizer.extension and not cfg.lora.train_embeddings and not on_meta:
+            log.warning("model.extend_vocab with LoRA: the %d new embedding rows stay at their initial mean; "
+                        "model.lora.train_embeddings=true trains the embeddings too", len(tokenizer.extension))
+    return model
+
+
+def load_model(cfg: ModelConfig, on_meta: bool) -> nn.Module:
     try:
         if on_meta:
             with torch.device("meta"):
@@ -60,6 +76,15 @@ def build_model(cfg: ModelConfig, on_meta: bool = False) -> nn.Module:
                            f"checkpoint and left random (e.g. {missing[:3]}): it does not match its config.json")
     log.info("model %s: pretrained weights from %s", cfg.name, cfg.name_or_path)
     return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks, found by the class names transformers lists in `_no_split_modules`."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found (its _no_split_modules is {sorted(names)})")
+    return layers
 
 
 def tied_keys(config) -> set[str]:

@@ -11,6 +11,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,8 @@ from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionP
 
 from cpt.config import AccumReduce, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
 from cpt.distributed import DistEnv
-from cpt.model import build_model
+from cpt.model import build_model, decoder_layers
+from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +52,6 @@ def build_mesh(cfg: FSDPConfig, env: DistEnv) -> DeviceMesh:
     else:
         return init_device_mesh(env.device.type, (env.world_size,), mesh_dim_names=("shard",))
     return init_device_mesh(env.device.type, (env.world_size // shard, shard), mesh_dim_names=("replicate", "shard"))
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The repeated transformer blocks, found by the class names transformers lists in `_no_split_modules`."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"{type(model).__name__}: no decoder layers found (its _no_split_modules is {sorted(names)})")
-    return layers
 
 
 def log_graph_breaks() -> None:
@@ -118,14 +111,14 @@ def gradient_sync(model: nn.Module, fsdp: FSDPConfig, accum_reduce: AccumReduce)
     return model.set_requires_gradient_sync
 
 
-def build_parallel_model(cfg: RunConfig, env: DistEnv) -> nn.Module:
+def build_parallel_model(cfg: RunConfig, env: DistEnv, tokenizer: Optional[Tokenizer] = None) -> nn.Module:
     """The model of every rank, ready to train, in one sequence: rank 0 builds the real model (pretrained or random
     init), the others its structure on the meta device (no memory) -> activation checkpointing and compile per block
     -> shard (FSDP2) -> meta-built ranks allocate their own shards and re-tie the embeddings -> buffers (rotary
     frequencies) go where compute runs, on every rank -> rank 0's weights and buffers are broadcast (DDP: replicate).
     """
     fsdp, trainer = cfg.fsdp, cfg.trainer
-    model = build_model(cfg.model, on_meta=not env.is_main)
+    model = build_model(cfg.model, on_meta=not env.is_main, tokenizer=tokenizer)
     full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
     dtype = compute_dtype(trainer.precision, env.device)
     wrap = uses_fsdp(fsdp, env)

@@ -32,6 +32,7 @@ from cpt.data.pack import pack_documents, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity
+from cpt.vocab import fertility_change
 from cpt.validate import validate_data
 
 log = logging.getLogger("cpt.prepare")
@@ -129,6 +130,9 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
                     "seconds": round(time.perf_counter() - start, 2), "stage_seconds": stage_seconds,
                     "sources": sources}
+        if tokenizer.extension:  # model.extend_vocab: how much shorter the domain text got (cpt.vocab)
+            manifest["fertility"] = fertility_change(cfg.model, tokenizer,
+                                                     tmp / "docs" / f"{d.sources[0].name}.train.jsonl")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     except BaseException:  # any failure (Ctrl-C too) leaves no temporary directory behind
         shutil.rmtree(tmp, ignore_errors=True)

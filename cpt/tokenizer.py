@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Protocol
 
-from cpt.config import ModelConfig
+from cpt.config import ConfigError, ModelConfig
 
 PROBE = "Continued pretraining, 2026: naïve café — 東京 🚀\n\tdef f(x): return x**2"
 
@@ -17,6 +18,7 @@ PROBE = "Continued pretraining, 2026: naïve café — 東京 🚀\n\tdef f(x): 
 class Tokenizer(Protocol):
     name: str
     eos_token_id: int
+    extension: dict[int, list[int]]  # ids added by model.extend_vocab -> the ids their text had before (cpt.vocab)
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -37,6 +39,7 @@ class ByteTokenizer:
 
     name = "byte"
     eos_token_id = 256
+    extension: dict[int, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -67,13 +70,17 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A transformers tokenizer (hub id or local directory); `eos_token` overrides the one put between documents."""
+    """A transformers tokenizer (hub id or local directory); `eos_token` overrides the one put between documents;
+    `new_tokens` are added to it (model.extend_vocab, cpt.vocab)."""
 
-    def __init__(self, source: str, eos_token: Optional[str] = None):
+    def __init__(self, source: str, eos_token: Optional[str] = None, new_tokens: Sequence[str] = ()):
         from transformers import AutoTokenizer
+
+        from cpt.vocab import extend_tokenizer
 
         self.name = source
         self.inner = AutoTokenizer.from_pretrained(source)
+        self.extension = extend_tokenizer(self.inner, list(new_tokens)) if new_tokens else {}
         if eos_token is not None:
             eos_id = self.inner.convert_tokens_to_ids(eos_token)
             if eos_id is None or eos_id == self.inner.unk_token_id and eos_token != self.inner.unk_token:
@@ -100,14 +107,21 @@ class HFTokenizer:
         self.inner.save_pretrained(out)
 
 
-def build_tokenizer(cfg: ModelConfig) -> Tokenizer:
+def build_tokenizer(cfg: ModelConfig, extend: bool = True) -> Tokenizer:
+    """The run's tokenizer, with model.extend_vocab's tokens added (`extend=False`: without them)."""
+    from cpt.vocab import new_tokens
+
     source = cfg.tokenizer or cfg.name_or_path
+    added = new_tokens(cfg.extend_vocab) if extend else []
     if source == "byte":
         if cfg.eos_token is not None:
             raise ValueError("config key 'model.eos_token': the byte tokenizer has one EOS; set it to null")
+        if added:
+            raise ConfigError("model.extend_vocab", "the byte tokenizer cannot be extended: use a transformers "
+                              "tokenizer (model.tokenizer=<dir or hub id>)")
         return ByteTokenizer()
     try:
-        return HFTokenizer(source, cfg.eos_token)
+        return HFTokenizer(source, cfg.eos_token, added)
     except OSError as e:
         if cfg.tokenizer_fallback:
             from cpt.sources import source_path
@@ -115,7 +129,7 @@ def build_tokenizer(cfg: ModelConfig) -> Tokenizer:
             fallback = source_path(cfg.tokenizer_fallback)
             log.warning("tokenizer '%s' unreachable (%s); using the offline %s at %s", source,
                         _first_line(e), cfg.tokenizer_fallback, fallback)
-            return HFTokenizer(str(fallback), cfg.eos_token)
+            return HFTokenizer(str(fallback), cfg.eos_token, added)
         raise RuntimeError(
             f"could not load tokenizer '{source}' (model.tokenizer / model.name_or_path): {_first_line(e)}. "
             "Offline? Point model.tokenizer at a local directory, or use model.tokenizer=byte "
@@ -128,11 +142,18 @@ def _first_line(e: Exception) -> str:
 
 
 def identity(tok: Tokenizer) -> dict:
-    """What prepared data records: name, vocabulary size, EOS and a hash of the ids of a probe text."""
+    """What prepared data records: name, vocabulary size, EOS, a hash of the ids of a probe text and, for a
+    transformers tokenizer, a hash of its added tokens with their ids (model.extend_vocab's among them)."""
     probe = hashlib.sha256(str(tok.encode(PROBE)).encode()).hexdigest()[:16]
-    return {"name": tok.name, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "probe": probe}
+    out = {"name": tok.name, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "probe": probe}
+    inner = getattr(tok, "inner", None)
+    if inner is not None:
+        added = sorted((i, t.content) for i, t in inner.added_tokens_decoder.items())
+        out["added"] = hashlib.sha256(str(added).encode()).hexdigest()[:16]
+    return out
 
 
-def same_ids(a: dict, b: dict, keys: tuple = ("vocab_size", "eos_token_id", "probe")) -> bool:
-    """Two identities give the same token ids (the name may differ: a hub id and its local copy)."""
-    return all(a.get(k) == b.get(k) for k in keys)
+def same_ids(a: dict, b: dict, keys: tuple = ("vocab_size", "eos_token_id", "probe", "added")) -> bool:
+    """Two identities give the same token ids (the name may differ: a hub id and its local copy). A key one of them
+    lacks (data prepared before cpt recorded it) is not compared."""
+    return all(a.get(k) == b.get(k) for k in keys if k in a and k in b)

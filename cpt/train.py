@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from cpt import distributed, faults, tracking
+from cpt.bits_per_byte import bits_per_byte, token_bytes
 from cpt.checkpoint import Checkpointer, resolve_resume
 from cpt.cli import UserError
 from cpt.config import LossImpl, RunConfig, TrainerConfig
@@ -69,17 +70,19 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
 
 
 def validation_losses(model: nn.Module, streams: dict[str, TokenStream], t: TrainerConfig, env: distributed.DistEnv,
-                      amp=nullcontext(), eos_id: Optional[int] = None) -> dict[str, float]:
-    """Mean token loss on each source's validation windows, summed over all ranks, and over all of them ("all")."""
+                      amp=nullcontext(), eos_id: Optional[int] = None,
+                      byte_table: Optional[torch.Tensor] = None) -> dict[str, tuple[float, float]]:
+    """(mean token loss, bits per byte) on each source's validation windows, summed over all ranks, and over all of
+    them ("all")."""
     totals = torch.stack([
         summed_loss(model, stream, rank_windows(stream, t.seq_len, env.rank, env.world_size,
                                                 t.eval_batches * t.micro_batch_size),
-                    t.seq_len, t.micro_batch_size, env.device, amp, t.loss, eos_id)
+                    t.seq_len, t.micro_batch_size, env.device, amp, t.loss, eos_id, byte_table)
         for stream in streams.values()])
     dist.all_reduce(totals)
-    losses = {name: (totals[i, 0] / totals[i, 1]).item() for i, name in enumerate(streams) if totals[i, 1] > 0}
-    losses["all"] = (totals[:, 0].sum() / totals[:, 1].sum()).item()
-    return losses
+    rows = {name: totals[i] for i, name in enumerate(streams) if totals[i, 1] > 0}
+    rows["all"] = totals.sum(0)
+    return {name: ((row[0] / row[1]).item(), bits_per_byte(row[0].item(), row[2].item())) for name, row in rows.items()}
 
 
 def global_mean(value: torch.Tensor) -> float:
@@ -102,13 +105,14 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     torch.manual_seed(t.seed)
     tokenizer = build_tokenizer(cfg.model)
     manifest = load_manifest(cfg.data, tokenizer)
-    model = build_parallel_model(cfg, env)
+    model = build_parallel_model(cfg, env, tokenizer)
     check_vocab(model, tokenizer)
     vocab_size = model.get_input_embeddings().num_embeddings
     fpt = flops_per_token(model, t.seq_len)
     log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
     amp = autocast(model, t.precision, env.device)
     eos_id = tokenizer.eos_token_id if t.doc_masking else None  # documents of a window attend only to themselves
+    byte_table = torch.from_numpy(token_bytes(tokenizer)).to(env.device)  # bits per byte of validation text
     sync = gradient_sync(model, cfg.fsdp, t.accum_reduce)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, t.steps)
@@ -130,7 +134,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     state = TrainState()
     guard = NonFiniteGuard(t.on_nonfinite, env.device, run_dir / cfg.checkpoint.dir)
     ckpt = Checkpointer(cfg.checkpoint, run_dir, env, model, optimizer,
-                        states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader})
+                        states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader},
+                        trainable_only=cfg.model.lora.enabled)
     resume_from = resolve_resume(cfg.resume, ckpt.root)
     if resume_from is not None:
         ckpt.load(resume_from)
@@ -140,12 +145,14 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     sink = MetricsSink(run_dir, t.steps, state.step, t.progress_bar, env.is_main, tracker)
 
     def validate_and_log(step: int) -> float:
-        losses = validation_losses(model, val_streams, t, env, amp, eos_id)
-        record = {"step": step, "val_loss": losses["all"], "val_ppl": perplexity(losses["all"])}
+        losses = validation_losses(model, val_streams, t, env, amp, eos_id, byte_table)
+        loss, bpb = losses["all"]
+        record = {"step": step, "val_loss": loss, "val_ppl": perplexity(loss), "val_bpb": bpb}
         if len(val_streams) > 1:
-            record.update({f"val_loss/{name}": losses[name] for name in val_streams})
+            record.update({f"val_loss/{name}": losses[name][0] for name in val_streams})
+            record.update({f"val_bpb/{name}": losses[name][1] for name in val_streams})
         sink.write(record)
-        return losses["all"]
+        return loss
 
     val_loss = float("nan")
     if state.step == 0:
@@ -189,7 +196,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     ckpt.wait()
     sink.close()
     if cfg.export.enabled:
-        export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg.export.push_to_hub, cfg.export.private)
+        export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg)
     return val_loss
 
 

@@ -53,6 +53,12 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("model.tokenizer", "is null and so is model.name_or_path: name a tokenizer (or 'byte')")
     if cfg.model.arch.num_attention_heads < 1 or cfg.model.arch.hidden_size % cfg.model.arch.num_attention_heads:
         raise ConfigError("model.arch.num_attention_heads", "must be >= 1 and divide model.arch.hidden_size")
+    lora = cfg.model.lora
+    if lora.enabled and (lora.r < 1 or lora.alpha <= 0 or not 0 <= lora.dropout < 1):
+        raise ConfigError("model.lora", f"needs r >= 1, alpha > 0 and dropout in [0, 1); got r={lora.r}, "
+                          f"alpha={lora.alpha}, dropout={lora.dropout}")
+    if cfg.export.lora_adapter and not lora.enabled:
+        raise ConfigError("export.lora_adapter", "saves a LoRA adapter: it needs model.lora.enabled=true")
     if f.strategy == Strategy.hybrid_shard:
         shard = f.shard_size or local_world_size
         if shard < 1 or world_size % shard:

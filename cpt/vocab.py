@@ -1,0 +1,107 @@
+"""Vocabulary extension (`model.extend_vocab`), the standard continued-pretraining step for a new language or a
+jargon-heavy domain: new tokens join the tokenizer (cpt.tokenizer.build_tokenizer), and each new embedding row
+starts as the mean of the rows of the sub-tokens the old tokenizer split that token into (the lm_head rows too when
+it is not tied), so the model's first guess for a new token is what it knew about its pieces.
+
+The extended tokenizer is what prepare tokenizes with (its identity, with a hash of the added tokens, is in the
+manifest) and what the export saves. Prepare reports the fertility change (tokens per word and per byte of the
+domain text) from the old tokenizer to the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cpt.config import ConfigError, VocabExtensionConfig
+
+log = logging.getLogger(__name__)
+
+PAD_TO = 64  # a resized vocabulary is padded to a multiple of 64 rows (GPU matmul tiles); the padding is never used
+
+
+def new_tokens(cfg: VocabExtensionConfig) -> list[str]:
+    """The configured tokens (list, then file lines), in order, without repeats and blank entries."""
+    tokens = list(cfg.tokens)
+    if cfg.file:
+        path = Path(cfg.file).expanduser()
+        if not path.is_file():
+            raise ConfigError("model.extend_vocab.file", f"{path} is not a file (one new token per line)")
+        # only the line end is removed: a token may start with a space (" tortfeasor", as BPE words do)
+        tokens += path.read_text(encoding="utf-8").splitlines()
+    return list(dict.fromkeys(t for t in tokens if t.strip()))
+
+
+def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
+    """Add `tokens` to a transformers tokenizer in place; returns {new id: the ids the tokenizer gave that text
+    before}. Tokens that already exist as one id are skipped (counted in the log)."""
+    from tokenizers import AddedToken
+
+    subtokens = {}
+    for token in tokens:
+        ids = inner.encode(token, add_special_tokens=False)
+        if len(ids) > 1:
+            subtokens[token] = ids
+    skipped = len(tokens) - len(subtokens)
+    inner.add_tokens([AddedToken(t, normalized=False, special=False) for t in subtokens])
+    extension = {inner.convert_tokens_to_ids(t): ids for t, ids in subtokens.items()}
+    log.info("extend_vocab: %d new tokens (ids %d..%d)%s", len(extension), min(extension, default=0),
+             max(extension, default=-1), f"; {skipped} already single tokens, skipped" if skipped else "")
+    return extension
+
+
+def extend_embeddings(model: nn.Module, extension: dict[int, list[int]]) -> None:
+    """Grow the embedding (and an untied lm_head) to hold the new ids; each new row = mean of its sub-token rows.
+    On the meta device only the shapes change (the values come from rank 0)."""
+    if not extension:
+        return
+    needed = max(extension) + 1
+    embedding = model.get_input_embeddings()
+    if needed > embedding.num_embeddings:
+        model.resize_token_embeddings(needed, pad_to_multiple_of=PAD_TO, mean_resizing=False)
+        embedding = model.get_input_embeddings()
+    if embedding.weight.is_meta:
+        return
+    tables = [embedding.weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embedding.weight:
+        tables.append(head.weight)
+    with torch.no_grad():
+        for table in tables:
+            for new_id, ids in extension.items():
+                table[new_id] = table[ids].mean(0)
+
+
+FERTILITY_SAMPLE_BYTES = 2**21  # the domain text prepare measures fertility on: its first 2 MiB of documents
+
+
+def fertility_change(model_cfg, tokenizer, docs_jsonl: Path) -> dict:
+    """Tokens per word and per byte of the first documents of `docs_jsonl`, old tokenizer vs extended one."""
+    import json
+
+    from cpt.tokenizer import build_tokenizer
+
+    texts, size = [], 0
+    with docs_jsonl.open(encoding="utf-8") as f:
+        for line in f:
+            if size >= FERTILITY_SAMPLE_BYTES:
+                break
+            texts.append(json.loads(line)["text"])
+            size += len(texts[-1].encode("utf-8"))
+    base, extended = fertility(build_tokenizer(model_cfg, extend=False), texts), fertility(tokenizer, texts)
+    log.info("extend_vocab on %s (%d documents, %d bytes): tokens per word %.3f -> %.3f, per byte %.4f -> %.4f "
+             "(%+.1f%% tokens)", docs_jsonl.name, len(texts), size, base["tokens_per_word"],
+             extended["tokens_per_word"], base["tokens_per_byte"], extended["tokens_per_byte"],
+             100 * (extended["tokens"] / max(base["tokens"], 1) - 1))
+    return {"sample": docs_jsonl.name, "documents": len(texts), "bytes": size, "base": base, "extended": extended}
+
+
+def fertility(tokenizer, texts: list[str]) -> dict:
+    """Tokens per whitespace-separated word and per UTF-8 byte of `texts` (no EOS counted)."""
+    tokens = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+    words = sum(len(t.split()) for t in texts)
+    nbytes = sum(len(t.encode("utf-8")) for t in texts)
+    return {"tokens": tokens, "tokens_per_word": tokens / max(words, 1), "tokens_per_byte": tokens / max(nbytes, 1)}
