@@ -82,8 +82,9 @@ def merge_lora(state: dict[str, torch.Tensor], config, cfg: LoraConfig, adapter_
 
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    peft_model = get_peft_model(plain, peft_config(cfg, plain))
-    missing, unexpected = peft_model.base_model.model.load_state_dict(state, strict=False, assign=True)
+    peft_model = get_peft_model(plain, peft_config(cfg, plain)).to_empty(device="cpu")
+    # copied, not assigned: merging adds into the base weights, which must not be the caller's tensors
+    missing, unexpected = peft_model.base_model.model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"export: the LoRA state dict does not fit {type(plain).__name__} with adapters: missing "
                            f"{missing[:5]}, unexpected {unexpected[:5]}")

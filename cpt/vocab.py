@@ -36,20 +36,46 @@ def new_tokens(cfg: VocabExtensionConfig) -> list[str]:
 
 
 def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
-    """Add `tokens` to a transformers tokenizer in place; returns {new id: the ids the tokenizer gave that text
-    before}. Tokens that already exist as one id are skipped (counted in the log)."""
-    from tokenizers import AddedToken
+    """Add `tokens` to a transformers BPE tokenizer in place, as BPE entries: each token's current pieces are joined
+    by new merges, applied after all existing ones (so the token forms wherever BPE reaches its pieces, inside longer
+    words too) and decoded like any other entry. A token of k pieces adds k - 1 merges and entries (the partial
+    joins too). Returns {new id: the ids its text had before}. Skipped, and counted in the log: tokens that are one
+    id already, and tokens that span several pre-tokens (words, for most tokenizers: no merge joins across them)."""
+    import json
 
-    subtokens = {}
+    from tokenizers import Tokenizer as Backend
+
+    backend = inner.backend_tokenizer
+    state = json.loads(backend.to_str())
+    model = state["model"]
+    if model["type"] != "BPE":
+        raise ConfigError("model.extend_vocab", f"needs a BPE tokenizer; this one's model is {model['type']}")
+    vocab, merges = model["vocab"], model["merges"]
+    for token_id, added in inner.added_tokens_decoder.items():  # added tokens keep their ids once entries follow them
+        vocab.setdefault(added.content, token_id)
+    next_id = max(vocab.values()) + 1
+    as_pairs = not merges or isinstance(merges[0], list)
+    extension, skipped = {}, 0
     for token in tokens:
         ids = inner.encode(token, add_special_tokens=False)
-        if len(ids) > 1:
-            subtokens[token] = ids
-    skipped = len(tokens) - len(subtokens)
-    inner.add_tokens([AddedToken(t, normalized=False, special=False) for t in subtokens])
-    extension = {inner.convert_tokens_to_ids(t): ids for t, ids in subtokens.items()}
-    log.info("extend_vocab: %d new tokens (ids %d..%d)%s", len(extension), min(extension, default=0),
-             max(extension, default=-1), f"; {skipped} already single tokens, skipped" if skipped else "")
+        text = backend.normalizer.normalize_str(token) if backend.normalizer else token
+        words = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        if len(ids) < 2 or len(words) != 1:
+            skipped += 1
+            continue
+        pieces = inner.convert_ids_to_tokens(ids)
+        joined = pieces[0]
+        for k, piece in enumerate(pieces[1:], start=2):
+            pair, joined = (joined, piece), joined + piece
+            if joined not in vocab:
+                vocab[joined] = next_id
+                extension[next_id] = ids[:k]
+                next_id += 1
+                merges.append(list(pair) if as_pairs else " ".join(pair))
+    inner._tokenizer = Backend.from_str(json.dumps(state))
+    log.info("extend_vocab: %d new entries (ids %d..%d) for %d tokens%s", len(extension), min(extension, default=0),
+             max(extension, default=-1), len(tokens) - skipped,
+             f"; {skipped} skipped: already one token, or more than one word" if skipped else "")
     return extension
 
 

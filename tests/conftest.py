@@ -119,3 +119,14 @@ def sample_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     os.environ["CPT_TEST_DATA_ROOT"] = str(root)
     return prepare(to_run_config(compose_cfg(["model=tiny", "data=sample", f"data.root={root}"])))
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer_dir(tmp_path_factory) -> Path:
+    """cpt's byte tokenizer saved as a transformers tokenizer (byte-level BPE, no merges, EOS 256): a real
+    transformers tokenizer that needs no download, for vocabulary extension and bits-per-byte tests."""
+    from cpt.tokenizer import ByteTokenizer
+
+    out = tmp_path_factory.mktemp("byte_tokenizer")
+    ByteTokenizer().save_pretrained(out)
+    return out

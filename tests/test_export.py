@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 
 
 def test_run_exports_and_evaluate_reproduces_its_validation_loss(trained, tmp_path):
-    final_val = [r["val_loss"] for r in read_metrics(trained) if "val_loss" in r][-1]
+    final = [r for r in read_metrics(trained) if "val_loss" in r][-1]
     out = tmp_path / "eval"
     proc = run_cli(["data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", f"+models.trained={trained / 'hf'}",
                     "seq_len=32", "max_tokens=256", "num_threads=1", f"out={out}", f"hydra.run.dir={out}"],
@@ -54,7 +54,11 @@ def test_run_exports_and_evaluate_reproduces_its_validation_loss(trained, tmp_pa
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
     assert report["results"]["trained"]["sample"]["tokens"] == 8 * 32
-    assert report["results"]["trained"]["sample"]["loss"] == pytest.approx(final_val, abs=1e-4)
+    assert report["results"]["trained"]["sample"]["loss"] == pytest.approx(final["val_loss"], abs=1e-4)
+    # bits per byte: the same windows give the same loss over the same bytes (the byte tokenizer: 1 byte per id but
+    # the EOS), in training's validation and in evaluate
+    assert report["results"]["trained"]["sample"]["bpb"] == pytest.approx(final["val_bpb"], abs=1e-4)
+    assert report["results"]["trained"]["sample"]["bytes"] < 8 * 32
 
 
 @FULL

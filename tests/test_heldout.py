@@ -27,7 +27,8 @@ def test_summed_loss_is_the_token_sum_of_next_token_cross_entropy(tmp_path):
     torch.manual_seed(0)
     model = build_model(ModelConfig())  # the tiny random-init model
     stream = make_stream(tmp_path, "v", np.random.default_rng(0).integers(0, 512, 8 * 7 + 1))
-    total, count = summed_loss(model, stream, range(1, 6), 8, 2, CPU).tolist()
+    total, count, nbytes = summed_loss(model, stream, range(1, 6), 8, 2, CPU).tolist()
+    assert nbytes == 0  # no byte table given
     expected = 0.0
     with torch.no_grad():
         for w in range(1, 6):
