@@ -57,6 +57,7 @@ bench: assets
 	$(PY) bench/loss_memory.py
 	$(PY) bench/prepare_throughput.py
 	$(PY) bench/checkpoint_resume.py
+	$(PY) bench/lora_vs_full.py
 
 clean:
 	rm -rf $(VENV) outputs

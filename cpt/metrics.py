@@ -91,17 +91,20 @@ def memory_report(device: torch.device) -> dict:
             "alloc_retries": stats.get("num_alloc_retries", 0)}
 
 
+def _local_bytes(t: torch.Tensor) -> int:
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return t.numel() * t.element_size()
+
+
+def optimizer_state_mib(optimizer: torch.optim.Optimizer) -> float:
+    """This rank's share of the optimizer state (AdamW: two moments per trainable parameter), in MiB."""
+    return sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.ndim > 0) / 2**20
+
+
 def local_state_mib(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
     """This rank's share of parameters + optimizer state (the part FSDP shards), in MiB."""
-    def local(t: torch.Tensor) -> torch.Tensor:
-        return t.to_local() if hasattr(t, "to_local") else t
-
-    total = sum(local(p).numel() * local(p).element_size() for p in model.parameters())
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value) and value.ndim > 0:
-                total += local(value).numel() * local(value).element_size()
-    return total / 2**20
+    return sum(_local_bytes(p) for p in model.parameters()) / 2**20 + optimizer_state_mib(optimizer)
 
 
 class Throughput:

@@ -32,8 +32,8 @@ from cpt.data.pack import pack_documents, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity
-from cpt.vocab import fertility_change
 from cpt.validate import validate_data
+from cpt.vocab import fertility_change
 
 log = logging.getLogger("cpt.prepare")
 

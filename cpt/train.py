@@ -27,8 +27,17 @@ from cpt.data.mixture import training_mixture
 from cpt.export import export_model
 from cpt.heldout import perplexity, rank_windows, summed_loss
 from cpt.logs import setup_logging
+from cpt.lora import trainable_params
 from cpt.loss import lm_loss
-from cpt.metrics import MetricsSink, Throughput, flops_per_token, local_state_mib, memory_report, peak_flops
+from cpt.metrics import (
+    MetricsSink,
+    Throughput,
+    flops_per_token,
+    local_state_mib,
+    memory_report,
+    optimizer_state_mib,
+    peak_flops,
+)
 from cpt.model import check_vocab, check_weights_loaded, count_params
 from cpt.optim import build_optimizer, build_scheduler
 from cpt.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync, log_graph_breaks
@@ -109,7 +118,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     check_vocab(model, tokenizer)
     vocab_size = model.get_input_embeddings().num_embeddings
     fpt = flops_per_token(model, t.seq_len)
-    log.info("%s: %s parameters, %.3g training FLOPs/token", type(model).__name__, f"{count_params(model):,}", fpt)
+    log.info("%s: %s parameters (%s trainable), %.3g training FLOPs/token", type(model).__name__,
+             f"{count_params(model):,}", f"{trainable_params(model):,}", fpt)
     amp = autocast(model, t.precision, env.device)
     eos_id = tokenizer.eos_token_id if t.doc_masking else None  # documents of a window attend only to themselves
     byte_table = torch.from_numpy(token_bytes(tokenizer)).to(env.device)  # bits per byte of validation text
@@ -181,6 +191,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
                 record["skipped_steps"] = skipped
             if done == t.log_interval or done == t.steps:
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
+                record["optim_mib"] = optimizer_state_mib(optimizer)
             sink.write(record)
         if (t.eval_interval and done % t.eval_interval == 0) or done == t.steps:
             throughput.pause()

@@ -69,3 +69,12 @@ def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
     assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
     assert re.search(r"doc_masking=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
     assert "largest micro-batch that fits" in out and out.rstrip().endswith("**GPU check: PASS**")
+
+
+def test_lora_vs_full_reports_what_lora_saves(bench_data):
+    rows, out = bench("lora_vs_full.py", ["--tiny", "--steps", "6", "--r", "4"], bench_data)
+    assert set(rows) == {"full", "LoRA r=4"}
+    full, lora = rows["full"], rows["LoRA r=4"]
+    assert number(lora[0]) < number(full[0]) and full[1] == "100.00%"  # trainable parameters
+    assert number(lora[2]) < number(full[2]) and number(lora[5]) < number(full[5])  # optimizer state, checkpoint
+    assert re.search(r"LoRA / full: optimizer state \*\*0\.\d+\*\*, checkpoint \*\*0\.\d+\*\*", out), out

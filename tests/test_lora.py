@@ -100,6 +100,15 @@ def test_two_fsdp_ranks_give_the_one_rank_lora_curve(tmp_path):
     assert "LoRA r=4" in (one / "train.log").read_text() and "FSDP2 full_shard" in (two / "train.log").read_text()
 
 
+@FULL
+@pytest.mark.parametrize("fsdp", ["no_shard", "offload", "hybrid_shard"])
+def test_every_strategy_gives_the_one_rank_lora_curve(tmp_path, fsdp):
+    """DDP (frozen parameters are not in its buckets), CPU offload and HSDP (1 x 2 mesh) with adapters."""
+    one = run_tiny(tmp_path, "one", [*LORA, "trainer.micro_batch_size=4"])
+    two = run_tiny(tmp_path, fsdp, [*LORA, f"fsdp={fsdp}", "trainer.nproc_per_node=2", "trainer.micro_batch_size=2"])
+    assert train_losses(two) == pytest.approx(train_losses(one), abs=1e-4)
+
+
 def _checkpoint_keys(path):
     return [k for k in FileSystemReader(str(path)).read_metadata().state_dict_metadata if k.startswith("model.")]
 
