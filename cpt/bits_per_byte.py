@@ -6,9 +6,10 @@ perplexity does not: a tokenizer with longer tokens has fewer, harder tokens.
 
 Every scored target counts in the loss, the EOS between documents too (each tokenizer puts exactly one after every
 document); special tokens such as that EOS count 0 bytes. A token's bytes come from a table built once per tokenizer:
-byte-level BPE tokens (GPT-2, Llama 3, Qwen, SmolLM) map each character to exactly one byte; SentencePiece pieces
-have '▁' for a space and <0xNN> byte pieces; added tokens are their text. Summing the table over the targets of a
-window gives exactly the bytes of the text those targets spell.
+byte-level BPE tokens (GPT-2, Llama 3, Qwen, SmolLM) map each character to exactly one byte, so summing the table
+over the targets of a window gives exactly the bytes of the text they spell; SentencePiece pieces have '▁' for a
+space and <0xNN> byte pieces (a tokenizer that prepends '▁' to a document counts one byte more per document);
+added tokens are their text.
 """
 
 from __future__ import annotations

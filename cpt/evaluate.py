@@ -34,7 +34,7 @@ from cpt.distributed import configure_cuda, resolve_device
 from cpt.export import export_checkpoint
 from cpt.heldout import perplexity, summed_loss
 from cpt.logs import setup_logging
-from cpt.retokenize import split_texts, tokenize_texts
+from cpt.retokenize import sets_per_model
 from cpt.tasks import compare_tasks, run_tasks, task_markdown
 from cpt.tokenizer import HFTokenizer, identity, same_ids
 from cpt.validate import validate_eval
@@ -120,22 +120,29 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
     dirs = {name: model_dir(path, out / "exported") for name, path in cfg.models.items()}
     tokenizers = {name: HFTokenizer(path) for name, path in dirs.items()}
     others = [n for n, tok in tokenizers.items() if not same_ids(identity(tok), manifest["tokenizer"],
-                                                                  keys=("vocab_size", "probe", "added"))]
-    texts = {}
+                                                                  keys=("vocab_size", "probe", "vocab_hash"))]
+    own_tokens = {}
     if others:  # the same documents for every model, each in its own tokens: compare bits per byte
         log.info("models %s do not use the tokenizer the data was prepared with: every model scores the same %s "
                  "documents, tokenized by its own tokenizer, compared by bits per byte", others, cfg.split)
-        root = data_dir(cfg.data)
-        texts = {source: split_texts(root / "docs" / f"{source}.{cfg.split}.jsonl",
-                                     manifest["sources"][source][cfg.split]["tokens"], cfg.max_tokens)
-                 for source in streams}
+        own_tokens = sets_per_model(data_dir(cfg.data), manifest, cfg.split, list(streams), tokenizers, cfg.max_tokens)
+        for source in list(streams):
+            short = [n for n, sets in own_tokens.items() if num_windows(sets[source], cfg.seq_len) == 0]
+            if short:
+                skipped[source] = (f"its first {cfg.split} documents are fewer than one window of seq_len+1="
+                                   f"{cfg.seq_len + 1} tokens for {short}")
+                log.warning("set %s skipped: %s (lower seq_len or raise max_tokens)", source, skipped[source])
+                del streams[source]
+        if not streams:
+            raise UserError(f"no set of data '{cfg.data.name}' has one window of seq_len+1={cfg.seq_len + 1} "
+                            f"tokens for every model ({skipped}): lower seq_len")
     for name, path in dirs.items():
         start = time.perf_counter()
         tok = tokenizers[name]
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         byte_table = torch.from_numpy(token_bytes(tok)).to(device)
-        if texts:
-            sets = {source: tokenize_texts(tok, texts[source]) for source in streams}
+        if own_tokens:
+            sets = {source: own_tokens[name][source] for source in streams}
             eos_id, max_tokens = tok.eos_token_id, None
         else:
             sets, eos_id, max_tokens = streams, manifest["tokenizer"]["eos_token_id"], cfg.max_tokens
@@ -151,11 +158,11 @@ def evaluate(cfg: EvalConfig, out: Path) -> dict:
                                           device)
             log.info("%s tasks: %s in %.1f s", name, task_scores[name], time.perf_counter() - start)
         del model
-    metric = "bpb" if texts else "ppl"
+    metric = "bpb" if own_tokens else "ppl"
     changes = compare(results, baseline, domain, metric)
     report = {"data": cfg.data.name, "data_dir": str(data_dir(cfg.data).resolve()), "split": cfg.split,
               "seq_len": cfg.seq_len, "max_tokens": cfg.max_tokens, "doc_masking": cfg.doc_masking,
-              "compared_by": metric, "tokenized_by_each_model": bool(texts),
+              "compared_by": metric, "tokenized_by_each_model": bool(own_tokens),
               "models": dict(cfg.models), "baseline": baseline, "domain": domain, "results": results,
               "changes": changes, "skipped": skipped}
     if cfg.tasks:

@@ -143,17 +143,23 @@ def _first_line(e: Exception) -> str:
 
 def identity(tok: Tokenizer) -> dict:
     """What prepared data records: name, vocabulary size, EOS, a hash of the ids of a probe text and, for a
-    transformers tokenizer, a hash of its added tokens with their ids (model.extend_vocab's among them)."""
+    transformers tokenizer, a hash of its vocabulary, merges and added tokens (so two vocabulary extensions of the
+    same size differ)."""
     probe = hashlib.sha256(str(tok.encode(PROBE)).encode()).hexdigest()[:16]
     out = {"name": tok.name, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "probe": probe}
     inner = getattr(tok, "inner", None)
     if inner is not None:
+        import json
+
+        model = json.loads(inner.backend_tokenizer.to_str())["model"]
         added = sorted((i, t.content) for i, t in inner.added_tokens_decoder.items())
-        out["added"] = hashlib.sha256(str(added).encode()).hexdigest()[:16]
+        content = json.dumps([sorted(model.get("vocab", {}).items()) if isinstance(model.get("vocab"), dict)
+                              else model.get("vocab"), model.get("merges"), added])
+        out["vocab_hash"] = hashlib.sha256(content.encode()).hexdigest()[:16]
     return out
 
 
-def same_ids(a: dict, b: dict, keys: tuple = ("vocab_size", "eos_token_id", "probe", "added")) -> bool:
+def same_ids(a: dict, b: dict, keys: tuple = ("vocab_size", "eos_token_id", "probe", "vocab_hash")) -> bool:
     """Two identities give the same token ids (the name may differ: a hub id and its local copy). A key one of them
     lacks (data prepared before cpt recorded it) is not compared."""
     return all(a.get(k) == b.get(k) for k in keys if k in a and k in b)

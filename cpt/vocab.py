@@ -24,7 +24,7 @@ PAD_TO = 64  # a resized vocabulary is padded to a multiple of 64 rows (GPU matm
 
 
 def new_tokens(cfg: VocabExtensionConfig) -> list[str]:
-    """The configured tokens (list, then file lines), in order, without repeats and blank entries."""
+    """The configured tokens (list, then file lines), in order, without repeats and empty entries."""
     tokens = list(cfg.tokens)
     if cfg.file:
         path = Path(cfg.file).expanduser()
@@ -32,15 +32,16 @@ def new_tokens(cfg: VocabExtensionConfig) -> list[str]:
             raise ConfigError("model.extend_vocab.file", f"{path} is not a file (one new token per line)")
         # only the line end is removed: a token may start with a space (" tortfeasor", as BPE words do)
         tokens += path.read_text(encoding="utf-8").splitlines()
-    return list(dict.fromkeys(t for t in tokens if t.strip()))
+    return list(dict.fromkeys(t for t in tokens if t))  # whitespace runs are tokens too (code indentation)
 
 
 def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
     """Add `tokens` to a transformers BPE tokenizer in place, as BPE entries: each token's current pieces are joined
     by new merges, applied after all existing ones (so the token forms wherever BPE reaches its pieces, inside longer
-    words too) and decoded like any other entry. A token of k pieces adds k - 1 merges and entries (the partial
+    words too) and decoded like any other entry. A token of k pieces adds up to k - 1 merges and entries (the partial
     joins too). Returns {new id: the ids its text had before}. Skipped, and counted in the log: tokens that are one
-    id already, and tokens that span several pre-tokens (words, for most tokenizers: no merge joins across them)."""
+    id already, and tokens that span several pre-tokens (words, for most tokenizers: no merge joins across them);
+    tokens that still do not form (another new merge regroups their pieces) are named in a warning."""
     import json
 
     from tokenizers import Tokenizer as Backend
@@ -55,6 +56,7 @@ def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
         vocab.setdefault(added.content, token_id)
     next_id = max(vocab.values()) + 1
     as_pairs = not merges or isinstance(merges[0], list)
+    known = {tuple(m) if as_pairs else tuple(m.split(" ", 1)) for m in merges}
     extension, skipped = {}, 0
     for token in tokens:
         ids = inner.encode(token, add_special_tokens=False)
@@ -71,11 +73,18 @@ def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
                 vocab[joined] = next_id
                 extension[next_id] = ids[:k]
                 next_id += 1
+            if pair not in known:  # a join already in the vocabulary may still lack this merge
+                known.add(pair)
                 merges.append(list(pair) if as_pairs else " ".join(pair))
     inner._tokenizer = Backend.from_str(json.dumps(state))
+    # BPE decides in merge order: a token whose pieces another new merge regroups may not form; say so
+    unformed = [t for t in tokens if len(inner.encode(t, add_special_tokens=False)) > 1]
     log.info("extend_vocab: %d new entries (ids %d..%d) for %d tokens%s", len(extension), min(extension, default=0),
              max(extension, default=-1), len(tokens) - skipped,
              f"; {skipped} skipped: already one token, or more than one word" if skipped else "")
+    if len(unformed) > skipped:
+        log.warning("extend_vocab: %d tokens do not encode to one id after the extension (their pieces are "
+                    "regrouped by other merges), e.g. %s", len(unformed) - skipped, unformed[:5])
     return extension
 
 

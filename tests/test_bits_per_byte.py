@@ -88,3 +88,17 @@ def test_bits_per_byte_of_nothing_is_nan():
     assert math.isnan(bits_per_byte(1.0, 0))
     assert bits_per_byte(math.log(2) * 8, 4) == pytest.approx(2.0)
     assert np.isfinite(bits_per_byte(3.0, 1))
+
+
+def test_split_texts_reach_the_byte_budget_of_max_tokens(tmp_path):
+    """10 documents of 100 bytes prepared as 1,000 tokens: max_tokens=250 covers 250 bytes on average, so the first
+    3 documents (the third reaches the budget); no limit, or more than the split has: all of them."""
+    import json
+
+    from cpt.retokenize import split_texts
+
+    docs = tmp_path / "s.val.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"{i}" * 100}) + "\n" for i in range(10)))
+    assert len(split_texts(docs, 1000, 250)) == 3
+    assert len(split_texts(docs, 1000, 200)) == 2
+    assert len(split_texts(docs, 1000, None)) == len(split_texts(docs, 1000, 5000)) == 10

@@ -118,3 +118,20 @@ def test_real_bpe_tokenizer_learns_new_merges():
     assert new_id in tok.encode(text) and tok.decode(tok.encode(text)) == text
     assert tok.encode("New York") == base.encode("New York")  # spans two pre-tokens: skipped
     assert tok.eos_token_id == base.eos_token_id and tok.encode("<|im_end|>") == base.encode("<|im_end|>")
+
+
+def test_a_join_already_in_the_vocabulary_still_gets_its_merge(tmp_path):
+    """Toy BPE: merges (a b), (b c), (a bc), so "abcd" is [ab, c, d] although "abc" is an entry: the extension adds
+    the merge (ab c) besides the new entry "abcd" and its merge, and "abcd" becomes one id."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"a": 0, "b": 1, "c": 2, "d": 3, "ab": 4, "bc": 5, "abc": 6, "</s>": 7}
+    backend = Backend(models.BPE(vocab=vocab, merges=[("a", "b"), ("b", "c"), ("a", "bc")]))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>").save_pretrained(tmp_path)
+    cfg = ModelConfig(tokenizer=str(tmp_path), extend_vocab=VocabExtensionConfig(["abcd"]))
+    base, tok = build_tokenizer(cfg, extend=False), build_tokenizer(cfg)
+    assert base.encode("abcd") == [4, 2, 3]
+    assert tok.encode("abcd") == [8] and tok.extension == {8: [4, 2, 3]} and tok.decode([8]) == "abcd"
+    assert tok.encode("abc") == [6] and tok.encode("</s>") == [7]
