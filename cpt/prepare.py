@@ -4,7 +4,7 @@ Reads the same composed config as training (the `data` group names the sources, 
 tokenizer) and writes `<data.root>/<data.name>/` (see cpt.data.manifest), atomically: a crash leaves the
 previous version intact. Stages, streaming file by file:
   convert (one reader per format) -> clean -> length filter -> exact + near dedup (whole corpus)
-  -> train/val split by text hash -> docs/<source>.<split>.jsonl -> tokenize (the tokenizer's threads) -> shards.
+  -> train/val split by text hash -> docs/<source>.<split>.jsonl -> tokenize (multi-process) -> shards.
 """
 
 from __future__ import annotations
@@ -172,10 +172,11 @@ def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: 
         sources[source.name] = {}
         for split in SPLITS:
             entry = pack_documents(tmp / "docs" / f"{source.name}.{split}.jsonl", tmp / source.name / split,
-                                   tokenizer, dtype, d.shard_tokens, d.tokenize_batch)
+                                   tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch, tmp / ".cache")
             sources[source.name][split] = entry
             log.info("source %s %s: %d documents, %d tokens, %d shards", source.name, split, entry["docs"],
                      entry["tokens"], len(entry["shards"]))
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
     stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
     report.save(tmp / "report.json")
     return dtype, sources

@@ -1,13 +1,11 @@
 """Tokenize documents and pack them into token shards: ids of each document followed by one EOS, concatenated
 with no padding, written as raw little-endian uint16 (vocabulary <= 65,536) or uint32 files that the loader
-memory-maps. Tokenization streams from disk in batches (neither the documents nor the tokens of a whole split are
-held in memory); a transformers tokenizer encodes each batch on all cores itself (Rust threads), so there is no
-process pool and no intermediate dataset to write."""
+memory-maps. Tokenization is batched and multi-process (datasets' `map` with `num_proc`) and streams from disk:
+neither the documents nor the tokens of a whole split are held in memory."""
 
 from __future__ import annotations
 
-import json
-from itertools import islice
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,17 @@ from cpt.tokenizer import Tokenizer
 
 def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+class _Encode:
+    """Picklable batch function for datasets.map: documents -> ids with EOS appended."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: dict) -> dict:
+        eos = self.tokenizer.eos_token_id
+        return {"ids": [ids + [eos] for ids in self.tokenizer.encode_batch(batch["text"])]}
 
 
 class ShardWriter:
@@ -52,18 +61,22 @@ class ShardWriter:
 
 
 def pack_documents(docs_jsonl: Path, out_dir: Path, tokenizer: Tokenizer, dtype: str, shard_tokens: int,
-                   batch_size: int) -> dict:
+                   num_proc: int, batch_size: int, cache_dir: Path) -> dict:
     """Tokenize one JSONL file of documents into shards under out_dir; returns the split's manifest entry."""
+    import datasets
+
     writer = ShardWriter(out_dir, dtype, shard_tokens)
-    eos, docs = tokenizer.eos_token_id, 0
-    with docs_jsonl.open(encoding="utf-8") as f:
-        texts = (json.loads(line)["text"] for line in f)
-        while batch := list(islice(texts, batch_size)):
-            flat: list[int] = []
-            for ids in tokenizer.encode_batch(batch):
-                flat.extend(ids)
-                flat.append(eos)
-            writer.write(np.asarray(flat, dtype=np.int64))
-            docs += len(batch)
+    docs = 0
+    if docs_jsonl.stat().st_size > 0:
+        datasets.disable_progress_bars()
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
+        ds = datasets.load_dataset("json", data_files=str(docs_jsonl), split="train", cache_dir=str(cache_dir))
+        ds = ds.select_columns(["text"])
+        nproc = max(1, min(num_proc, len(ds) // batch_size + 1))
+        ds = ds.map(_Encode(tokenizer), batched=True, batch_size=batch_size, num_proc=nproc if nproc > 1 else None,
+                    remove_columns=["text"], desc=None)
+        for batch in ds.iter(batch_size=1024):
+            writer.write(np.concatenate([np.asarray(ids) for ids in batch["ids"]]))
+            docs += len(batch["ids"])
     shards = writer.close()
     return {"docs": docs, "tokens": sum(s["tokens"] for s in shards), "shards": shards}
