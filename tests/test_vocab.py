@@ -63,6 +63,7 @@ def test_new_ids_decode_to_their_strings_and_start_as_subtoken_means(byte_tokeni
         assert not torch.equal(head[257], emb[257])
 
 
+@pytest.mark.full  # two prepares, two runs and an evaluate
 def test_extended_vocab_prepares_trains_exports_and_compares_by_bits_per_byte(byte_tokenizer_dir, tmp_path):
     ext = [f"model.tokenizer={byte_tokenizer_dir}", "model.arch.vocab_size=257",
            f"model.extend_vocab.tokens=[{','.join(repr(t) for t in NEW)}]"]
