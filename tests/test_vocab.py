@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY, compose_cfg, run_cli, run_tiny
+from conftest import TINY, compose_cfg, offline_source, run_cli, run_tiny
 from cpt.config import ArchConfig, ConfigError, ModelConfig, VocabExtensionConfig, to_run_config
 from cpt.data.manifest import DataMismatchError, load_manifest
 from cpt.model import build_model
@@ -105,12 +105,7 @@ def test_extended_vocab_prepares_trains_exports_and_compares_by_bits_per_byte(by
 def test_real_bpe_tokenizer_learns_new_merges():
     """SmolLM2's byte-level BPE (merges, a word-splitting pre-tokenizer, special tokens inside the vocabulary), when
     the offline copy is present: a new word becomes one id, in a sentence too; two words cannot."""
-    from cpt.sources import source_path
-
-    try:
-        path = source_path("smollm2-135m")
-    except Exception as e:  # not fetched on this machine
-        pytest.skip(f"SmolLM2 not available: {e}")
+    path = offline_source("smollm2-135m")
     cfg = ModelConfig(tokenizer=str(path), extend_vocab=VocabExtensionConfig([" tortfeasor", "New York"]))
     tok, base = build_tokenizer(cfg), build_tokenizer(cfg, extend=False)
     (new_id,) = tok.encode(" tortfeasor")
