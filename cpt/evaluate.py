@@ -73,7 +73,7 @@ def compare(results: dict, baseline: str, domain: str, metric: str = "ppl") -> d
         for source, r in sets.items():
             change = r[metric] / results[baseline][source][metric] - 1
             kind = ("gain" if change < 0 else "loss") if source == domain else ("forgetting" if change > 0 else "gain")
-            out[name][source] = {f"{metric}_change": change, "change": change, "kind": kind}
+            out[name][source] = {f"{metric}_change": change, "kind": kind}
     return out
 
 
@@ -85,7 +85,7 @@ def markdown(results: dict, changes: dict, baseline: str, domain: str, metric: s
     for source in results[baseline]:
         label = f"{source} (domain)" if source == domain else source
         scores = " | ".join(f"{results[m][source]['ppl']:.3f} | {results[m][source]['bpb']:.4f}" for m in models)
-        delta = " | ".join(f"{100 * changes[m][source]['change']:+.1f}% ({changes[m][source]['kind']})"
+        delta = " | ".join(f"{100 * changes[m][source][f'{metric}_change']:+.1f}% ({changes[m][source]['kind']})"
                            for m in changes)
         lines.append(f"| {label} | {scores} | {delta} |")
     return "\n".join(lines) + "\n"

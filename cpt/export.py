@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cpt.checkpoint import clean_name
 from cpt.cli import user_errors
 from cpt.config import RunConfig
 from cpt.distributed import DistEnv
@@ -25,9 +26,6 @@ from cpt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
-
-
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """The full, unsharded state dict on rank 0's CPU (None on the other ranks); keys as in the plain model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -35,12 +33,7 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
-    clean = {}
-    for key, value in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            key = key.replace(prefix, "")
-        clean[key] = value
-    return clean
+    return {clean_name(key): value for key, value in state.items()}
 
 
 def save_hf(state: dict[str, torch.Tensor], config, generation_config, tokenizer: Tokenizer, out: Path) -> None:
@@ -128,8 +121,7 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
         model.tie_weights()
     params = model.state_dict(keep_vars=True)
     state = {"model": {k: v.detach() for k, v in params.items() if not lora or v.requires_grad}}
-    dcp.load(state, checkpoint_id=str(ckpt))
-    model.load_state_dict(state["model"], strict=not lora)
+    dcp.load(state, checkpoint_id=str(ckpt))  # into the model's own tensors, in place
     full = model.state_dict()
     if lora:
         full = merge_lora(full, model.config, cfg.model.lora)

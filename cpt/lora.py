@@ -50,6 +50,8 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Inject adapters in place (meta-device models too) and freeze everything else; returns the same module."""
     from peft import inject_adapter_in_model
 
+    from cpt.model import count_params, trainable_params
+
     config = peft_config(cfg, model)
     inject_adapter_in_model(config, model)
     for name, p in model.named_parameters():
@@ -58,15 +60,11 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
         for module in (model.get_input_embeddings(), model.get_output_embeddings()):
             if module is not None:
                 module.weight.requires_grad = True
-    trainable, total = trainable_params(model), sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    trainable, total = trainable_params(model), count_params(model)
     if not next(model.parameters()).is_meta:
         log.info("LoRA r=%d alpha=%g on %s: %s trainable parameters of %s (%.2f%%)", cfg.r, cfg.alpha,
                  ",".join(sorted(config.target_modules)), f"{trainable:,}", f"{total:,}", 100 * trainable / total)
     return model
-
-
-def trainable_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
 
 
 def has_lora(state: dict[str, torch.Tensor]) -> bool:

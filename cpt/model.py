@@ -112,6 +112,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def trainable_params(model: nn.Module) -> int:
+    """Unique parameters that train (all of them, or LoRA's adapters)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
+
+
 def check_vocab(model: nn.Module, tokenizer: Tokenizer, key: str = "model.tokenizer") -> None:
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:

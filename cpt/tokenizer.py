@@ -153,8 +153,7 @@ def identity(tok: Tokenizer) -> dict:
 
         model = json.loads(inner.backend_tokenizer.to_str())["model"]
         added = sorted((i, t.content) for i, t in inner.added_tokens_decoder.items())
-        content = json.dumps([sorted(model.get("vocab", {}).items()) if isinstance(model.get("vocab"), dict)
-                              else model.get("vocab"), model.get("merges"), added])
+        content = json.dumps([model, added], sort_keys=True)
         out["vocab_hash"] = hashlib.sha256(content.encode()).hexdigest()[:16]
     return out
 

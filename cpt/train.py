@@ -27,7 +27,6 @@ from cpt.data.mixture import training_mixture
 from cpt.export import export_model
 from cpt.heldout import perplexity, rank_windows, summed_loss
 from cpt.logs import setup_logging
-from cpt.lora import trainable_params
 from cpt.loss import lm_loss
 from cpt.metrics import (
     MetricsSink,
@@ -38,7 +37,7 @@ from cpt.metrics import (
     optimizer_state_mib,
     peak_flops,
 )
-from cpt.model import check_vocab, check_weights_loaded, count_params
+from cpt.model import check_vocab, check_weights_loaded, count_params, trainable_params
 from cpt.optim import build_optimizer, build_scheduler
 from cpt.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync, log_graph_breaks
 from cpt.tokenizer import build_tokenizer

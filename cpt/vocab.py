@@ -55,8 +55,7 @@ def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
     for token_id, added in inner.added_tokens_decoder.items():  # added tokens keep their ids once entries follow them
         vocab.setdefault(added.content, token_id)
     next_id = max(vocab.values()) + 1
-    as_pairs = not merges or isinstance(merges[0], list)
-    known = {tuple(m) if as_pairs else tuple(m.split(" ", 1)) for m in merges}
+    known = {tuple(m) for m in merges}  # tokenizers writes every merge as a [left, right] pair
     extension, skipped = {}, 0
     for token in tokens:
         ids = inner.encode(token, add_special_tokens=False)
@@ -75,7 +74,7 @@ def extend_tokenizer(inner, tokens: list[str]) -> dict[int, list[int]]:
                 next_id += 1
             if pair not in known:  # a join already in the vocabulary may still lack this merge
                 known.add(pair)
-                merges.append(list(pair) if as_pairs else " ".join(pair))
+                merges.append(list(pair))
     inner._tokenizer = Backend.from_str(json.dumps(state))
     # BPE decides in merge order: a token whose pieces another new merge regroups may not form; say so
     unformed = [t for t in tokens if len(inner.encode(t, add_special_tokens=False)) > 1]

@@ -17,9 +17,9 @@ from transformers import AutoModelForCausalLM
 
 from conftest import TINY, compose_cfg, rank_env, read_metrics, run_cli, run_tiny, train_losses
 from cpt.config import to_run_config
-from cpt.lora import merge_lora, trainable_params
+from cpt.lora import merge_lora
 from cpt.metrics import flops_per_token, matmul_params
-from cpt.model import build_model
+from cpt.model import build_model, trainable_params
 from cpt.optim import build_optimizer
 from cpt.train import train_step
 
