@@ -82,6 +82,8 @@ def main() -> int:
         ref = curves["full_shard"]
         # the benches train without document masking (same math as HF/bare); the default path masks: run it once
         masked = train([*base, "fsdp=full_shard", "trainer.doc_masking=true"], Path(tmp) / "doc_masking")
+        # LoRA: frozen bf16 base and trainable adapters in one FSDP2 block, adapter-only gradients and optimizer
+        lora = train([*base, "fsdp=full_shard", "model.lora.enabled=true"], Path(tmp) / "lora")
         print(f"| strategy | steps | first loss | last loss | max abs diff vs full_shard (tol {tol:g}) | check |")
         print("|---|---|---|---|---|---|")
         for name, curve in curves.items():
@@ -95,6 +97,11 @@ def main() -> int:
         print(f"\nfull_shard with trainer.doc_masking=true (block-diagonal attention; varlen flash-attention where "
               f"installed): {len(masked)} steps, last loss {masked[-1] if masked else float('nan'):.4f}: "
               f"**{'PASS' if good_masked else 'FAIL'}** (finite losses for every step; not compared: other math).")
+        good_lora = len(lora) == args.steps and all(math.isfinite(x) for x in lora)
+        ok &= good_lora
+        print(f"\nfull_shard with model.lora.enabled=true (frozen base, adapters train): {len(lora)} steps, last loss "
+              f"{lora[-1] if lora else float('nan'):.4f}: **{'PASS' if good_lora else 'FAIL'}** (finite losses for "
+              "every step).")
 
         half = args.steps // 2
         resumed_dir = Path(tmp) / "resumed"

@@ -68,6 +68,7 @@ def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
         assert re.search(rf"^\| {strategy} \| 6 \| .* \| PASS \|$", out, re.M), out
     assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
     assert re.search(r"doc_masking=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
+    assert re.search(r"lora.enabled=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
     assert "largest micro-batch that fits" in out and out.rstrip().endswith("**GPU check: PASS**")
 
 
