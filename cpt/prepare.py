@@ -3,8 +3,9 @@
 Reads the same composed config as training (the `data` group names the sources, the `model` group the
 tokenizer) and writes `<data.root>/<data.name>/` (see cpt.data.manifest), atomically: a crash leaves the
 previous version intact. Stages, streaming file by file:
-  convert (one reader per format) -> clean -> length filter -> exact + near dedup (whole corpus)
-  -> train/val split by text hash -> docs/<source>.<split>.jsonl -> tokenize (multi-process) -> shards.
+  convert (one reader per format) -> chunk -> clean -> length filter -> signatures   (data.num_proc workers)
+  -> exact + near dedup (whole corpus, in file order) -> train/val split by text hash -> docs/<source>.<split>.jsonl
+  -> tokenize (data.num_proc workers, while conversion goes on) -> shards.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from cpt.data.convert import expand_paths
 from cpt.data.dedup import SHINGLE_HASH, Deduplicator
 from cpt.data.file_stage import FileResult, FileTask, run_in_order
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
-from cpt.data.pack import pack_documents, token_dtype
+from cpt.data.pack import Packer, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
 from cpt.logs import setup_logging
 from cpt.tokenizer import build_tokenizer, identity
 from cpt.validate import validate_data
-from cpt.vocab import fertility_change
 
 log = logging.getLogger("cpt.prepare")
 
@@ -45,11 +45,16 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     options = {k: v for k, v in vars(cfg).items()
                if k not in ("sources", "replay", "root", "name", "num_proc", "strict", "executor", "slurm")}
     options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
-    listing = {name: [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths] for name, paths in files.items()}
+    listing = {name: [(str(p), *_size_and_mtime(p)) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
     ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
     blob = json.dumps([repr(options), ids, listing, formats, SHINGLE_HASH], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def file_tasks(cfg: DataConfig, files: dict[str, list[Path]]) -> list[FileTask]:
@@ -58,9 +63,10 @@ def file_tasks(cfg: DataConfig, files: dict[str, list[Path]]) -> list[FileTask]:
 
 
 def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, docs_dir: Path,
-                    report: PrepareReport) -> None:
-    """Stage 1: every file converted, chunked, cleaned and signed (cpt.data.file_stage, in `data.num_proc` workers
-    or a Slurm array); here, in file order, the dedup decisions, the report, and docs/<source>.<split>.jsonl."""
+                    report: PrepareReport, packer: Packer) -> None:
+    """Every file converted, chunked, cleaned and signed (cpt.data.file_stage, in `data.num_proc` workers or a
+    Slurm array); here, in file order, the dedup decisions, the report, docs/<source>.<split>.jsonl, and each kept
+    document handed to the packer (tokenized by its workers meanwhile)."""
     from tqdm import tqdm
 
     docs_dir.mkdir(parents=True)
@@ -68,7 +74,7 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
     outs = {(s.name, split): open(docs_dir / f"{s.name}.{split}.jsonl", "w", encoding="utf-8")
             for s in cfg.sources for split in SPLITS}
     try:
-        with tqdm(total=total, desc="convert", unit="file", mininterval=1.0) as bar:  # closed on errors too
+        with tqdm(total=total, desc="prepare", unit="file", mininterval=1.0) as bar:  # closed on errors too
             for task, result in results:
                 entry = report.file(task.source, task.path, result.format or task.format)
                 for line, message in result.record_errors:
@@ -80,13 +86,15 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                         continue
                     record = {"id": doc.id, "text": doc.text, "source": task.source, "path": str(task.path), **doc.meta}
                     outs[task.source, doc.split].write(json.dumps(record, ensure_ascii=False) + "\n")
+                    packer.add((task.source, doc.split), doc.text)
                     report.keep(entry, doc.split)
                 if result.error and result.empty:
                     report.file_empty(entry, result.error)
                 elif result.error:
                     report.file_failed(entry, result.error)
                 bar.update(1)
-                bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
+                if bar.n % 256 == 0:  # formatting it for every file cost seconds on 20k small files
+                    bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
     finally:
         for out in outs.values():
             out.close()
@@ -131,6 +139,8 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
                     "seconds": round(time.perf_counter() - start, 2), "stage_seconds": stage_seconds,
                     "sources": sources}
         if tokenizer.extension:  # model.extend_vocab: how much shorter the domain text got (cpt.vocab)
+            from cpt.vocab import fertility_change
+
             manifest["fertility"] = fertility_change(cfg.model, tokenizer,
                                                      tmp / "docs" / f"{d.sources[0].name}.train.jsonl")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -147,11 +157,18 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
 def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, tokenizer, tmp: Path,
           stage_seconds: dict[str, float]) -> tuple[str, dict]:
     """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split);
-    the wall time of each stage into stage_seconds."""
+    the wall time of each stage into stage_seconds: "convert" until the last file is decided (tokenizing overlaps
+    it), "tokenize" for the batches still in flight then."""
     report = PrepareReport(d.strict)
+    dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
-    convert_sources(d, results, total, tmp / "docs", report)
-    stage_seconds["convert"] = round(time.perf_counter() - start, 2)
+    dirs = {(s.name, split): tmp / s.name / split for s in d.sources for split in SPLITS}
+    with Packer(dirs, tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch) as packer:
+        convert_sources(d, results, total, tmp / "docs", report, packer)
+        stage_seconds["convert"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        entries = packer.close()
+    stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
     report.log_summary()
     for source in d.sources:
         kept = report.kept.get(source.name)
@@ -164,20 +181,11 @@ def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: 
                             f"or change data.val_fraction (now {d.val_fraction})")
     if not report.kept:
         raise PrepareError("no document survived conversion and filtering: see the problems logged above")
-
-    start = time.perf_counter()
-    dtype = token_dtype(len(tokenizer))
-    sources: dict = {}
-    for source in d.sources:
-        sources[source.name] = {}
-        for split in SPLITS:
-            entry = pack_documents(tmp / "docs" / f"{source.name}.{split}.jsonl", tmp / source.name / split,
-                                   tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch, tmp / ".cache")
-            sources[source.name][split] = entry
-            log.info("source %s %s: %d documents, %d tokens, %d shards", source.name, split, entry["docs"],
-                     entry["tokens"], len(entry["shards"]))
-    shutil.rmtree(tmp / ".cache", ignore_errors=True)
-    stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
+    sources: dict = {s.name: {} for s in d.sources}
+    for (name, split), entry in entries.items():
+        sources[name][split] = entry
+        log.info("source %s %s: %d documents, %d tokens, %d shards", name, split, entry["docs"], entry["tokens"],
+                 len(entry["shards"]))
     report.save(tmp / "report.json")
     return dtype, sources
 

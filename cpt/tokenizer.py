@@ -107,6 +107,35 @@ class HFTokenizer:
         self.inner.save_pretrained(out)
 
 
+class BackendEncoder:
+    """A transformers tokenizer's Rust backend alone, for worker processes: pickles as its JSON and loads without
+    importing transformers (seconds per spawned worker); encode_batch gives the ids HFTokenizer.encode_batch
+    gives (checked by worker_encoder)."""
+
+    def __init__(self, inner, eos_token_id: int):
+        self.json, self.eos_token_id, self._backend = inner.backend_tokenizer.to_str(), eos_token_id, None
+
+    def __getstate__(self) -> dict:
+        return {"json": self.json, "eos_token_id": self.eos_token_id, "_backend": None}
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._backend is None:
+            from tokenizers import Tokenizer as Backend
+
+            self._backend = Backend.from_str(self.json)
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def worker_encoder(tok: Tokenizer):
+    """What tokenizes documents in prepare's worker processes: the backend alone where it gives the same ids as the
+    tokenizer on the probe text, else the tokenizer itself."""
+    inner = getattr(tok, "inner", None)
+    if inner is None or getattr(inner, "backend_tokenizer", None) is None:
+        return tok
+    backend = BackendEncoder(inner, tok.eos_token_id)
+    return backend if backend.encode_batch([PROBE, ""]) == tok.encode_batch([PROBE, ""]) else tok
+
+
 def build_tokenizer(cfg: ModelConfig, extend: bool = True) -> Tokenizer:
     """The run's tokenizer, with model.extend_vocab's tokens added (`extend=False`: without them)."""
     from cpt.vocab import new_tokens

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from cpt.config import ConfigError, VocabExtensionConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,8 @@ def extend_embeddings(model: nn.Module, extension: dict[int, list[int]]) -> None
     head = model.get_output_embeddings()
     if head is not None and head.weight is not embedding.weight:
         tables.append(head.weight)
+    import torch
+
     with torch.no_grad():
         for table in tables:
             for new_id, ids in extension.items():

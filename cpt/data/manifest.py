@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cpt.cli import UserError
 from cpt.config import DataConfig
-from cpt.data.loader import TokenStream
 from cpt.tokenizer import Tokenizer, identity, same_ids
+
+if TYPE_CHECKING:
+    from cpt.data.loader import TokenStream
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -58,6 +61,8 @@ def load_manifest_file(cfg: DataConfig) -> dict:
 
 
 def open_streams(cfg: DataConfig, manifest: dict, split: str) -> dict[str, TokenStream]:
+    from cpt.data.loader import TokenStream  # torch: not needed by prepare
+
     root = data_dir(cfg)
     streams = {}
     for source in cfg.sources:

@@ -1,31 +1,31 @@
-"""Tokenize documents and pack them into token shards: ids of each document followed by one EOS, concatenated
-with no padding, written as raw little-endian uint16 (vocabulary <= 65,536) or uint32 files that the loader
-memory-maps. Tokenization is batched and multi-process (datasets' `map` with `num_proc`) and streams from disk:
-neither the documents nor the tokens of a whole split are held in memory."""
+"""Tokenize the kept documents and pack them into token shards: ids of each document followed by one EOS,
+concatenated with no padding, written as raw little-endian uint16 (vocabulary <= 65,536) or uint32 files that the
+loader memory-maps.
+
+Documents arrive one by one, in the corpus's fixed order, from the parent of the convert stage as it decides what
+to keep (cpt.prepare). They are tokenized in batches by `data.num_proc` worker processes of one core each WHILE
+conversion goes on (no second pass over the documents), and the batches are written back in the order they were
+sent, so the shards are the same for any number of processes. Memory stays bounded: at most 2 * num_proc batches
+are in flight; neither the documents nor the tokens of a split are held whole."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
-from cpt.tokenizer import Tokenizer
+from cpt.tokenizer import Tokenizer, worker_encoder
+
+BATCH_CHARS = 1 << 20  # a batch is sent once it holds data.tokenize_batch documents or this many characters
 
 
 def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
-
-
-class _Encode:
-    """Picklable batch function for datasets.map: documents -> ids with EOS appended."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: dict) -> dict:
-        eos = self.tokenizer.eos_token_id
-        return {"ids": [ids + [eos] for ids in self.tokenizer.encode_batch(batch["text"])]}
 
 
 class ShardWriter:
@@ -60,23 +60,92 @@ class ShardWriter:
         return self.shards
 
 
-def pack_documents(docs_jsonl: Path, out_dir: Path, tokenizer: Tokenizer, dtype: str, shard_tokens: int,
-                   num_proc: int, batch_size: int, cache_dir: Path) -> dict:
-    """Tokenize one JSONL file of documents into shards under out_dir; returns the split's manifest entry."""
-    import datasets
+_ENCODER = None  # a worker's tokenizer (set by _start_worker)
 
-    writer = ShardWriter(out_dir, dtype, shard_tokens)
-    docs = 0
-    if docs_jsonl.stat().st_size > 0:
-        datasets.disable_progress_bars()
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the processes are the parallelism
-        ds = datasets.load_dataset("json", data_files=str(docs_jsonl), split="train", cache_dir=str(cache_dir))
-        ds = ds.select_columns(["text"])
-        nproc = max(1, min(num_proc, len(ds) // batch_size + 1))
-        ds = ds.map(_Encode(tokenizer), batched=True, batch_size=batch_size, num_proc=nproc if nproc > 1 else None,
-                    remove_columns=["text"], desc=None)
-        for batch in ds.iter(batch_size=1024):
-            writer.write(np.concatenate([np.asarray(ids) for ids in batch["ids"]]))
-            docs += len(batch["ids"])
-    shards = writer.close()
-    return {"docs": docs, "tokens": sum(s["tokens"] for s in shards), "shards": shards}
+
+def _start_worker(encoder, dtype: str) -> None:
+    global _ENCODER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the processes are the parallelism
+    _ENCODER = (encoder, np.dtype(dtype))
+
+
+def encode_documents(texts: list[str], encoder=None, dtype=None) -> np.ndarray:
+    """The documents' ids, each followed by EOS, as one array (what travels back from a worker: one buffer)."""
+    if encoder is None:
+        encoder, dtype = _ENCODER
+    ids = encoder.encode_batch(texts)
+    out = np.empty(sum(map(len, ids)) + len(ids), dtype=dtype)
+    at = 0
+    for doc in ids:
+        out[at : at + len(doc)] = doc
+        out[at + len(doc)] = encoder.eos_token_id
+        at += len(doc) + 1
+    return out
+
+
+class Packer:
+    """`add(key, text)` documents in order, per key (source, split); `close()` -> {key: manifest entry}. Use as a
+    context manager: the workers stop whatever happens."""
+
+    def __init__(self, out_dirs: dict[tuple, Path], tokenizer: Tokenizer, dtype: str, shard_tokens: int,
+                 num_proc: int, batch_docs: int):
+        self.writers = {key: ShardWriter(path, dtype, shard_tokens) for key, path in out_dirs.items()}
+        self.docs = dict.fromkeys(out_dirs, 0)
+        self.pending: dict[tuple, list[str]] = {key: [] for key in out_dirs}
+        self.pending_chars = dict.fromkeys(out_dirs, 0)
+        self.batch_docs, self.num_proc = batch_docs, num_proc
+        self.window: deque[tuple[tuple, int, Future]] = deque()
+        self.encoder, self.dtype = worker_encoder(tokenizer), dtype
+        self.pool = None
+        if num_proc > 1:
+            self.pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start_worker, initargs=(self.encoder, dtype))
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # num_proc=1: one core, here too
+
+    def __enter__(self) -> Packer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def add(self, key: tuple, text: str) -> None:
+        self.pending[key].append(text)
+        self.pending_chars[key] += len(text)
+        if len(self.pending[key]) >= self.batch_docs or self.pending_chars[key] >= BATCH_CHARS:
+            self._send(key)
+        while self.window and self.window[0][2].done():  # write what is ready, without waiting
+            self._write_oldest()
+
+    def close(self) -> dict[tuple, dict]:
+        for key in self.pending:
+            if self.pending[key]:
+                self._send(key)
+        while self.window:
+            self._write_oldest()
+        entries = {}
+        for key, writer in self.writers.items():
+            shards = writer.close()
+            entries[key] = {"docs": self.docs[key], "tokens": sum(s["tokens"] for s in shards), "shards": shards}
+        return entries
+
+    def _send(self, key: tuple) -> None:
+        texts, self.pending[key], self.pending_chars[key] = self.pending[key], [], 0
+        if self.pool is None:
+            self.writers[key].write(encode_documents(texts, self.encoder, np.dtype(self.dtype)))
+            self.docs[key] += len(texts)
+            return
+        self.window.append((key, len(texts), self.pool.submit(encode_documents, texts)))
+        while len(self.window) > 2 * self.num_proc:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        key, count, future = self.window.popleft()
+        try:
+            ids = future.result()
+        except BrokenProcessPool:
+            raise RuntimeError("a tokenizer worker process died (out of memory?): prepare again with a lower "
+                               "data.num_proc or data.tokenize_batch") from None
+        self.writers[key].write(ids)
+        self.docs[key] += count

@@ -1,0 +1,81 @@
+"""Dedup signatures (cpt.data.dedup) and prepare's tokenizer workers (cpt.data.pack): the vectorized MinHash equals
+datasketch's for the same shingle hashes, its estimate tracks the true Jaccard similarity, shingles see word order;
+the encoder that travels to a worker gives the ids of the tokenizer it came from."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+from datasketch import MinHash
+
+from conftest import offline_source, real_corpus
+from cpt.config import DedupConfig, ModelConfig, Shingle, VocabExtensionConfig
+from cpt.data.dedup import Deduplicator, minhash_values, permutations, shingle_hashes, signature
+from cpt.data.pack import encode_documents
+from cpt.tokenizer import PROBE, BackendEncoder, ByteTokenizer, build_tokenizer, worker_encoder
+
+
+def licenses(count: int) -> list[str]:
+    return [p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted(real_corpus("licenses").glob("*.LICENSE"))[:count]]
+
+
+@pytest.mark.parametrize("kind", list(Shingle))
+def test_minhash_equals_datasketch_for_the_same_shingles(kind):
+    num_perm = 64
+    for text in licenses(40):
+        hashes = shingle_hashes(text, kind, 4)
+        reference = MinHash(num_perm=num_perm, seed=1, scheme="affine32", hashfunc=int)
+        reference.update_batch(hashes.tolist())
+        assert (minhash_values(hashes, num_perm) == reference.hashvalues).all()
+        assert (minhash_values(hashes, num_perm, block=7) == reference.hashvalues).all()  # blocks change nothing
+    a, b = permutations(num_perm)
+    assert (a % 2 == 1).all() and (reference.permutations == np.array([a, b])).all()
+
+
+def test_signature_estimates_jaccard_and_sees_word_order():
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(5000)}" for _ in range(3000)]
+    cfg = DedupConfig(shingle_size=3, num_perm=256)
+
+    def estimate(x: list[str], y: list[str]) -> tuple[float, float]:
+        sx, sy = (set(shingle_hashes(" ".join(w), Shingle.word, 3).tolist()) for w in (x, y))
+        vx, vy = (signature(" ".join(w), cfg)[1] for w in (x, y))
+        return float((vx == vy).mean()), len(sx & sy) / len(sx | sy)
+
+    for changed in (100, 600, 1500):  # replace that many words: the true Jaccard falls, the estimate follows
+        other = list(words)
+        for i in rng.sample(range(len(words)), changed):
+            other[i] = f"x{i}"
+        est, true = estimate(words, other)
+        assert abs(est - true) < 0.08, (changed, est, true)
+    assert estimate(words, words[::-1])[1] == 0  # the same words backwards share no 3-gram
+    assert len(shingle_hashes("", Shingle.word, 5)) == 1 and len(shingle_hashes("two words", Shingle.word, 5)) == 1
+
+
+def test_near_duplicates_are_dropped_across_documents_in_order():
+    text = licenses(1)[0] * 3
+    cfg = DedupConfig()
+    dedup = Deduplicator()
+    twin = text.replace("the", "THE", 2) + "\n(a copy)"
+    assert dedup.check(signature(text, cfg), "a", cfg) is None
+    assert dedup.check(signature(text.upper(), cfg), "b", cfg) == "exact_duplicate"  # case: same normalized key
+    assert dedup.check(signature(twin, cfg), "c", cfg) == "near_duplicate"
+    assert dedup.check(signature(licenses(300)[-1], cfg), "d", cfg) is None
+
+
+def test_the_worker_encoder_gives_the_tokenizers_ids():
+    texts = [PROBE, "", "  leading spaces\n\ttabs", *(t[:3000] for t in licenses(20))]
+    qwen = build_tokenizer(ModelConfig(tokenizer=str(offline_source("qwen2.5-tokenizer"))))
+    extended = build_tokenizer(ModelConfig(tokenizer=str(offline_source("qwen2.5-tokenizer")),
+                                           extend_vocab=VocabExtensionConfig(tokens=[" licensee", "sublicense"])))
+    for tok in (qwen, extended, ByteTokenizer()):
+        encoder = pickle.loads(pickle.dumps(worker_encoder(tok)))  # as a spawned worker gets it
+        assert isinstance(encoder, BackendEncoder) or isinstance(tok, ByteTokenizer)
+        ids = encode_documents(texts, encoder, np.dtype("uint32"))
+        expected = [i for t in tok.encode_batch(texts) for i in (*t, tok.eos_token_id)]
+        assert ids.tolist() == expected
+    assert len(extended.encode(" licensee")) == 1
