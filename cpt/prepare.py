@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import time
 from collections.abc import Iterable
@@ -126,7 +127,7 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
     else:
         results = run_in_order(tasks, d.num_proc)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -137,6 +138,7 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
         manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
                     "seconds": round(time.perf_counter() - start, 2), "stage_seconds": stage_seconds,
+                    "cpu_seconds": {k: round(v - cpu[k], 2) for k, v in _cpu_seconds().items()},
                     "sources": sources}
         if tokenizer.extension:  # model.extend_vocab: how much shorter the domain text got (cpt.vocab)
             from cpt.vocab import fertility_change
@@ -148,10 +150,17 @@ def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     swap_in(tmp, out)
-    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s; %s); report: %s", out, tokens, manifest["seconds"],
-             tokens / max(manifest["seconds"], 1e-9),
-             ", ".join(f"{stage} {s:.1f} s" for stage, s in manifest["stage_seconds"].items()), out / "report.json")
+    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s; %s; CPU s: %s); report: %s", out, tokens,
+             manifest["seconds"], tokens / max(manifest["seconds"], 1e-9),
+             ", ".join(f"{stage} {s:.1f} s" for stage, s in manifest["stage_seconds"].items()),
+             ", ".join(f"{who} {s:.1f}" for who, s in manifest["cpu_seconds"].items()), out / "report.json")
     return out
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) of this process and of its finished worker processes so far."""
+    me, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"this process": me.ru_utime + me.ru_stime, "workers": workers.ru_utime + workers.ru_stime}
 
 
 def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, tokenizer, tmp: Path,

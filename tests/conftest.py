@@ -89,7 +89,8 @@ def prepared_tree(root: Path) -> dict:
         data = path.read_bytes()
         if path.name == "manifest.json":
             manifest = json.loads(data)
-            manifest.pop("created"), manifest.pop("seconds"), manifest.pop("stage_seconds")
+            for key in ("created", "seconds", "stage_seconds", "cpu_seconds"):
+                manifest.pop(key)
             data = json.dumps(manifest, sort_keys=True).encode()
         out[str(path.relative_to(root))] = data
     return out

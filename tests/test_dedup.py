@@ -13,7 +13,7 @@ from datasketch import MinHash
 
 from conftest import offline_source, real_corpus
 from cpt.config import DedupConfig, ModelConfig, Shingle, VocabExtensionConfig
-from cpt.data.dedup import Deduplicator, minhash_values, permutations, shingle_hashes, signature
+from cpt.data.dedup import _WORD, Deduplicator, _word_hashes, minhash_values, permutations, shingle_hashes, signature
 from cpt.data.pack import encode_documents
 from cpt.tokenizer import PROBE, BackendEncoder, ByteTokenizer, build_tokenizer, worker_encoder
 
@@ -34,6 +34,20 @@ def test_minhash_equals_datasketch_for_the_same_shingles(kind):
         assert (minhash_values(hashes, num_perm, block=7) == reference.hashvalues).all()  # blocks change nothing
     a, b = permutations(num_perm)
     assert (a % 2 == 1).all() and (reference.permutations == np.array([a, b])).all()
+
+
+def test_words_are_found_and_hashed_as_regex_words_wherever_they_are():
+    """The vectorized word hashes: one per `\\w+` word of re.findall (accents, CJK, digits, underscores, astral
+    letters), equal words hash alike at any position of any document, distinct words (almost) never collide."""
+    texts = [t.lower() for t in licenses(300)]
+    texts.append("naïve café — 東京 🚀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 x_y 3.14 ١٢٣ ǆ straße ﬁne 🚀x𝔘 " * 3)
+    by_word: dict[str, int] = {}
+    for text in texts:
+        words, hashes = _WORD.findall(text), _word_hashes(text).tolist()
+        assert len(words) == len(hashes)
+        for word, h in zip(words, hashes):
+            assert by_word.setdefault(word, h) == h, word
+    assert len(set(by_word.values())) >= len(by_word) - 1 and len(by_word) > 5000
 
 
 def test_signature_estimates_jaccard_and_sees_word_order():

@@ -171,8 +171,10 @@ def results(units: Iterable[Unit], num_proc: int) -> Iterator[tuple[FileTask, in
                 pool = yield from _next(window, pool, num_proc, context)
         while window:
             pool = yield from _next(window, pool, num_proc, context)
-    finally:
+    except BaseException:  # an error downstream, or the consumer stopped early: no waiting for the workers
         pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()  # all done: the workers exit (and their CPU time counts as this process's children's)
 
 
 def process_batch(parts: list[FileTask]) -> list[FileResult]:

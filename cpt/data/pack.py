@@ -106,9 +106,9 @@ class Packer:
     def __enter__(self) -> Packer:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    def __exit__(self, exc_type, *_) -> None:
+        if self.pool is not None:  # after an error: no waiting for the workers
+            self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
 
     def add(self, key: tuple, text: str) -> None:
         self.pending[key].append(text)
