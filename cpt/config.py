@@ -249,8 +249,10 @@ class DataConfig:
     # before dedup and split, so books and manuals get a validation share; null = never cut
     chunk_chars: Optional[int] = 32000
     val_fraction: float = 0.1  # share of documents held out (by a hash of their text: stable, order-free)
-    num_proc: int = 2  # worker processes: converting, chunking, cleaning and signing files, then tokenizing
-    tokenize_batch: int = 256  # documents per tokenizer call
+    # worker processes converting, chunking, cleaning and signing files; as many more tokenize the kept documents
+    # at the same time (one core each; 1 = everything in this process, on one core)
+    num_proc: int = 2
+    tokenize_batch: int = 256  # documents per tokenizer call (fewer when they reach 1M characters)
     shard_tokens: int = 2**28  # tokens per shard file
     strict: bool = False  # any unreadable file or record stops prepare instead of being reported and skipped
     executor: Executor = Executor.local  # where prepare's work runs: this machine, or Slurm (data.slurm)

@@ -94,7 +94,7 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                 elif result.error:
                     report.file_failed(entry, result.error)
                 bar.update(1)
-                if bar.n % 256 == 0:  # formatting it for every file cost seconds on 20k small files
+                if bar.n % 256 == 0 or bar.n == total:  # formatting it for every file cost seconds on 20k files
                     bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
     finally:
         for out in outs.values():

@@ -109,31 +109,40 @@ class HFTokenizer:
 
 class BackendEncoder:
     """A transformers tokenizer's Rust backend alone, for worker processes: pickles as its JSON and loads without
-    importing transformers (seconds per spawned worker); encode_batch gives the ids HFTokenizer.encode_batch
-    gives (checked by worker_encoder)."""
+    importing transformers (seconds per spawned worker). Encodes as HFTokenizer.encode_batch does: no special
+    tokens added, no truncation or padding (a tokenizer.json may carry them; transformers turns them off per call),
+    special-token text split or not as the tokenizer does it (checked by worker_encoder)."""
 
     def __init__(self, inner, eos_token_id: int):
-        self.json, self.eos_token_id, self._backend = inner.backend_tokenizer.to_str(), eos_token_id, None
+        backend = inner.backend_tokenizer
+        self.json, self.eos_token_id = backend.to_str(), eos_token_id
+        self.split_special = backend.encode_special_tokens
+        self._backend = None
 
     def __getstate__(self) -> dict:
-        return {"json": self.json, "eos_token_id": self.eos_token_id, "_backend": None}
+        return {**self.__dict__, "_backend": None}
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self._backend is None:
             from tokenizers import Tokenizer as Backend
 
             self._backend = Backend.from_str(self.json)
+            self._backend.no_truncation()
+            self._backend.no_padding()
+            self._backend.encode_special_tokens = self.split_special
         return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
 
 
 def worker_encoder(tok: Tokenizer):
     """What tokenizes documents in prepare's worker processes: the backend alone where it gives the same ids as the
-    tokenizer on the probe text, else the tokenizer itself."""
+    tokenizer on probe texts (a long one, one with the special tokens' text), else the tokenizer itself."""
     inner = getattr(tok, "inner", None)
     if inner is None or getattr(inner, "backend_tokenizer", None) is None:
         return tok
     backend = BackendEncoder(inner, tok.eos_token_id)
-    return backend if backend.encode_batch([PROBE, ""]) == tok.encode_batch([PROBE, ""]) else tok
+    special = " ".join(str(t) for t in inner.all_special_tokens)
+    probes = [PROBE, "", f"{PROBE} {special} {PROBE}", PROBE * 600]  # the long one: past a truncation length
+    return backend if backend.encode_batch(probes) == tok.encode_batch(probes) else tok
 
 
 def build_tokenizer(cfg: ModelConfig, extend: bool = True) -> Tokenizer:

@@ -1,21 +1,19 @@
-"""Dedup signatures (cpt.data.dedup) and prepare's tokenizer workers (cpt.data.pack): the vectorized MinHash equals
-datasketch's for the same shingle hashes, its estimate tracks the true Jaccard similarity, shingles see word order;
-the encoder that travels to a worker gives the ids of the tokenizer it came from."""
+"""Dedup signatures (cpt.data.dedup): the vectorized MinHash equals datasketch's for the same shingle hashes, words
+are found as re finds them and hashed alike wherever they are, the estimate tracks the true Jaccard similarity,
+shingles see word order, duplicates are dropped in order."""
 
 from __future__ import annotations
 
-import pickle
 import random
 
 import numpy as np
 import pytest
 from datasketch import MinHash
 
-from conftest import offline_source, real_corpus
-from cpt.config import DedupConfig, ModelConfig, Shingle, VocabExtensionConfig
+from conftest import real_corpus
+from cpt.config import DedupConfig, Shingle
+from cpt.data import dedup as dedup_module
 from cpt.data.dedup import _WORD, Deduplicator, _word_hashes, minhash_values, permutations, shingle_hashes, signature
-from cpt.data.pack import encode_documents
-from cpt.tokenizer import PROBE, BackendEncoder, ByteTokenizer, build_tokenizer, worker_encoder
 
 
 def licenses(count: int) -> list[str]:
@@ -36,7 +34,7 @@ def test_minhash_equals_datasketch_for_the_same_shingles(kind):
     assert (a % 2 == 1).all() and (reference.permutations == np.array([a, b])).all()
 
 
-def test_words_are_found_and_hashed_as_regex_words_wherever_they_are():
+def test_words_are_found_and_hashed_as_regex_words_wherever_they_are(monkeypatch):
     """The vectorized word hashes: one per `\\w+` word of re.findall (accents, CJK, digits, underscores, astral
     letters), equal words hash alike at any position of any document, distinct words (almost) never collide."""
     texts = [t.lower() for t in licenses(300)]
@@ -48,6 +46,10 @@ def test_words_are_found_and_hashed_as_regex_words_wherever_they_are():
         for word, h in zip(words, hashes):
             assert by_word.setdefault(word, h) == h, word
     assert len(set(by_word.values())) >= len(by_word) - 1 and len(by_word) > 5000
+    long = texts[-1] + "x" * 50 + " " + texts[0]
+    whole = _word_hashes(long)
+    monkeypatch.setattr(dedup_module, "_BLOCK", 5)  # blocks of a few words, one word longer than a block
+    assert (_word_hashes(long) == whole).all()
 
 
 def test_signature_estimates_jaccard_and_sees_word_order():
@@ -79,17 +81,3 @@ def test_near_duplicates_are_dropped_across_documents_in_order():
     assert dedup.check(signature(text.upper(), cfg), "b", cfg) == "exact_duplicate"  # case: same normalized key
     assert dedup.check(signature(twin, cfg), "c", cfg) == "near_duplicate"
     assert dedup.check(signature(licenses(300)[-1], cfg), "d", cfg) is None
-
-
-def test_the_worker_encoder_gives_the_tokenizers_ids():
-    texts = [PROBE, "", "  leading spaces\n\ttabs", *(t[:3000] for t in licenses(20))]
-    qwen = build_tokenizer(ModelConfig(tokenizer=str(offline_source("qwen2.5-tokenizer"))))
-    extended = build_tokenizer(ModelConfig(tokenizer=str(offline_source("qwen2.5-tokenizer")),
-                                           extend_vocab=VocabExtensionConfig(tokens=[" licensee", "sublicense"])))
-    for tok in (qwen, extended, ByteTokenizer()):
-        encoder = pickle.loads(pickle.dumps(worker_encoder(tok)))  # as a spawned worker gets it
-        assert isinstance(encoder, BackendEncoder) or isinstance(tok, ByteTokenizer)
-        ids = encode_documents(texts, encoder, np.dtype("uint32"))
-        expected = [i for t in tok.encode_batch(texts) for i in (*t, tok.eos_token_id)]
-        assert ids.tolist() == expected
-    assert len(extended.encode(" licensee")) == 1

@@ -64,6 +64,7 @@ def _prepare_cfg(root, paths, *extra):
 
 
 def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
+    import cpt.data.pack
     import cpt.prepare
     from cpt.data.prepare_report import PrepareError
 
@@ -81,7 +82,7 @@ def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cpt.prepare, "pack_documents", boom)
+    monkeypatch.setattr(cpt.data.pack.Packer, "add", boom)  # tokenizing fails
     with pytest.raises(RuntimeError, match="boom"):
         cpt.prepare.prepare(_prepare_cfg(out, [good]))
     assert [p.name for p in out.iterdir()] == ["t"] and (out / "t" / "manifest.json").is_file()  # old one intact

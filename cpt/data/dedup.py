@@ -3,10 +3,11 @@
 documents are converted (worker processes); the decisions are made in one place in the corpus's fixed order, so
 the first occurrence is kept whatever the number of processes; the rest are dropped and counted per source.
 
-A signature is computed with numpy, not per shingle in Python: each word is hashed once (xxh32), the n-grams'
-hashes are combined from those vectorized, and the MinHash values are datasketch's `affine32` scheme (a murmur
-finalizer, then h -> a*h + b mod 2^32 per permutation) applied to all shingles at once: the same values datasketch's
-MinHash.update_batch gives for these shingle hashes (tests/test_dedup.py), several times faster."""
+A signature is computed with numpy, not per shingle in Python: each word is hashed once (all words of a document
+at once; skeletons with xxh32), the n-grams' hashes are combined from those, and the MinHash values are datasketch's
+`affine32` scheme (MurmurHash3's 32-bit finalizer, then h -> a*h + b mod 2^32 per permutation) applied to all
+shingles at once: the same values datasketch's MinHash.update_batch gives for these shingle hashes
+(tests/test_dedup.py), several times faster. datasketch's LSH index makes the decisions."""
 
 from __future__ import annotations
 
@@ -53,19 +54,32 @@ def _is_word_bmp() -> np.ndarray:
     return np.array([c.isalnum() or c == "_" for c in map(chr, range(0x10000))])
 
 
-def _powers(base: np.uint64, n: int) -> np.ndarray:
-    """base^0 .. base^(n-1) mod 2^64."""
-    out = np.ones(n, dtype=np.uint64)
+_BLOCK = 1 << 16  # code points hashed at once: the power tables stay small (cached) whatever the document's length
+
+
+@lru_cache(maxsize=2)
+def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^i and B^-i mod 2^64 for i < n."""
+    powers, inverses = np.ones(n, dtype=np.uint64), np.ones(n, dtype=np.uint64)
     if n > 1:
-        np.cumprod(np.full(n - 1, base), out=out[1:])
-    return out
+        np.cumprod(np.full(n - 1, _BASE), out=powers[1:])
+        np.cumprod(np.full(n - 1, _BASE_INVERSE), out=inverses[1:])
+    return powers, inverses
+
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """Spread the bits (a shortened MurmurHash3 fmix64), keep 32."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
 
 
 def _word_hashes(lower: str) -> np.ndarray:
     """A 32-bit hash of each `\\w+` word of the text, in order, without a Python loop over the words: the words'
-    bounds from a table of word characters, each word's polynomial hash (mod 2^64) from one prefix sum over the
-    code points, then a murmur finalizer. The same words as re.findall (tests/test_dedup.py), 4x faster with the
-    hashing."""
+    bounds from a table of word characters; each word's polynomial hash sum(c_i B^(i - start)) mod 2^64 from one
+    prefix sum over the code points of a block of words; then mixed. The same words as re.findall
+    (tests/test_dedup.py), 4x faster with the hashing."""
     cp = np.frombuffer(lower.encode("utf-32-le"), dtype=np.uint32)
     word = _is_word_bmp()[np.minimum(cp, 0xFFFF)]
     astral = np.flatnonzero(cp > 0xFFFF)
@@ -73,13 +87,19 @@ def _word_hashes(lower: str) -> np.ndarray:
         word[astral] = [chr(c).isalnum() for c in cp[astral].tolist()]
     edges = np.diff(word.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    prefix = np.zeros(len(cp) + 1, dtype=np.uint64)
-    np.cumsum(cp * _powers(_BASE, len(cp)), out=prefix[1:])  # sum of c_i B^i over i < k (all mod 2^64)
-    h = (prefix[ends] - prefix[starts]) * _powers(_BASE_INVERSE, len(cp))[starts]  # c_i B^(i - start), per word
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    return (h ^ (h >> np.uint64(32))).astype(np.uint32)
+    out = np.empty(len(starts), dtype=np.uint32)
+    first = 0
+    while first < len(starts):  # blocks of whole words, about _BLOCK code points each
+        begin = starts[first]
+        last = max(int(np.searchsorted(ends, begin + _BLOCK, side="right")), first + 1)
+        end = ends[last - 1]
+        powers, inverses = _power_tables(max(_BLOCK, end - begin))
+        prefix = np.zeros(end - begin + 1, dtype=np.uint64)
+        np.cumsum(cp[begin:end] * powers[: end - begin], out=prefix[1:])
+        s, e = starts[first:last] - begin, ends[first:last] - begin
+        out[first:last] = _mix64((prefix[e] - prefix[s]) * inverses[s])
+        first = last
+    return out
 
 
 def shingle_hashes(text: str, kind: Shingle, n: int) -> np.ndarray:
@@ -141,6 +161,12 @@ def signature(text: str, cfg: DedupConfig) -> Signature:
     return key, values
 
 
+def _lean_minhash(values: np.ndarray):
+    from datasketch import LeanMinHash  # imported once the first index exists: cheap
+
+    return LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
+
+
 class Deduplicator:
     """Feed signatures in the corpus's fixed order; `check` says whether a document duplicates an earlier kept one.
     Exact keys are shared by all sources; each distinct near-dedup setting has its own LSH index (sources with equal
@@ -152,8 +178,6 @@ class Deduplicator:
 
     def check(self, sig: Signature, doc_id: str, cfg: DedupConfig) -> Optional[str]:
         """"exact_duplicate" / "near_duplicate" if the document is dropped, else None (kept and remembered)."""
-        from datasketch import LeanMinHash, MinHashLSH  # here only: its import (scipy) is slow for the workers
-
         key, values = sig
         if key is not None:
             if key in self.seen:
@@ -162,9 +186,11 @@ class Deduplicator:
         if values is not None:
             index_key = (cfg.threshold, cfg.num_perm, cfg.shingle, cfg.shingle_size)
             if index_key not in self.indexes:
+                from datasketch import MinHashLSH  # here only: its import (scipy) is slow for the workers
+
                 self.indexes[index_key] = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
             lsh = self.indexes[index_key]
-            mh = LeanMinHash(seed=1, hashvalues=values, scheme="affine32")
+            mh = _lean_minhash(values)
             if lsh.query(mh):
                 return "near_duplicate"
             lsh.insert(doc_id, mh)

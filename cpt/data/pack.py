@@ -4,9 +4,11 @@ loader memory-maps.
 
 Documents arrive one by one, in the corpus's fixed order, from the parent of the convert stage as it decides what
 to keep (cpt.prepare). They are tokenized in batches by `data.num_proc` worker processes of one core each WHILE
-conversion goes on (no second pass over the documents), and the batches are written back in the order they were
-sent, so the shards are the same for any number of processes. Memory stays bounded: at most 2 * num_proc batches
-are in flight; neither the documents nor the tokens of a split are held whole."""
+conversion goes on in as many others (no second pass over the documents), and the batches are written back in the
+order they were sent, so the shards are the same for any number of processes. Memory stays bounded: at most
+2 * num_proc batches are in flight, plus one batch being filled per source and split (<= data.tokenize_batch
+documents or BATCH_CHARS characters); neither the documents nor the tokens of a split are held whole. A tokenizer
+worker that dies stops prepare (unlike a file's worker: the tokenizer fails on every document alike)."""
 
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ _ENCODER = None  # a worker's tokenizer (set by _start_worker)
 
 def _start_worker(encoder, dtype: str) -> None:
     global _ENCODER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: the processes are the parallelism
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core per worker: the processes are the parallelism
     _ENCODER = (encoder, np.dtype(dtype))
 
 
@@ -76,10 +78,14 @@ def encode_documents(texts: list[str], encoder=None, dtype=None) -> np.ndarray:
     ids = encoder.encode_batch(texts)
     out = np.empty(sum(map(len, ids)) + len(ids), dtype=dtype)
     at = 0
-    for doc in ids:
-        out[at : at + len(doc)] = doc
-        out[at + len(doc)] = encoder.eos_token_id
-        at += len(doc) + 1
+    try:
+        for doc in ids:
+            out[at : at + len(doc)] = doc
+            out[at + len(doc)] = encoder.eos_token_id
+            at += len(doc) + 1
+    except OverflowError:
+        raise ValueError(f"a token id ({max(max(doc, default=0) for doc in ids)}) does not fit the shards' {dtype} "
+                         "(chosen from the tokenizer's length): the tokenizer gives ids past its vocabulary") from None
     return out
 
 
@@ -95,20 +101,24 @@ class Packer:
         self.pending_chars = dict.fromkeys(out_dirs, 0)
         self.batch_docs, self.num_proc = batch_docs, num_proc
         self.window: deque[tuple[tuple, int, Future]] = deque()
-        self.encoder, self.dtype = worker_encoder(tokenizer), dtype
-        self.pool = None
+        self.encoder, self.dtype = worker_encoder(tokenizer), np.dtype(dtype)
+        self.pool, self._parallelism = None, os.environ.get("TOKENIZERS_PARALLELISM")
         if num_proc > 1:
             self.pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_start_worker, initargs=(self.encoder, dtype))
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"  # num_proc=1: one core, here too
+        elif self._parallelism is None:  # num_proc=1: one core, here too (restored on exit)
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def __enter__(self) -> Packer:
         return self
 
     def __exit__(self, exc_type, *_) -> None:
+        for writer in self.writers.values():
+            writer.close()
         if self.pool is not None:  # after an error: no waiting for the workers
             self.pool.shutdown(wait=exc_type is None, cancel_futures=exc_type is not None)
+        elif self._parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
     def add(self, key: tuple, text: str) -> None:
         self.pending[key].append(text)
@@ -133,10 +143,14 @@ class Packer:
     def _send(self, key: tuple) -> None:
         texts, self.pending[key], self.pending_chars[key] = self.pending[key], [], 0
         if self.pool is None:
-            self.writers[key].write(encode_documents(texts, self.encoder, np.dtype(self.dtype)))
+            self.writers[key].write(encode_documents(texts, self.encoder, self.dtype))
             self.docs[key] += len(texts)
             return
-        self.window.append((key, len(texts), self.pool.submit(encode_documents, texts)))
+        try:
+            future = self.pool.submit(encode_documents, texts)
+        except BrokenProcessPool:
+            raise _worker_died() from None
+        self.window.append((key, len(texts), future))
         while len(self.window) > 2 * self.num_proc:
             self._write_oldest()
 
@@ -145,7 +159,12 @@ class Packer:
         try:
             ids = future.result()
         except BrokenProcessPool:
-            raise RuntimeError("a tokenizer worker process died (out of memory?): prepare again with a lower "
-                               "data.num_proc or data.tokenize_batch") from None
+            raise _worker_died() from None
         self.writers[key].write(ids)
         self.docs[key] += count
+
+
+def _worker_died() -> RuntimeError:
+    return RuntimeError("a tokenizer worker process died (out of memory, or the tokenizer could not be loaded "
+                        "there: see the messages above): lower data.num_proc or data.tokenize_batch, or cut long "
+                        "documents with data.chunk_chars, and prepare again")

@@ -173,6 +173,6 @@ def _encode(r: FileResult) -> dict:
 def _decode(o: dict) -> FileResult:
     docs = [Doc(d["id"], d["text"], d["meta"], d["dropped"],
                 (bytes.fromhex(d["key"]) if d["key"] is not None else None,
-                 np.array(d["minhash"], dtype=np.uint64) if d["minhash"] is not None else None), d["split"])
+                 np.array(d["minhash"], dtype=np.uint32) if d["minhash"] is not None else None), d["split"])
             for d in o["docs"]]
     return FileResult(o["format"], docs, [tuple(e) for e in o["record_errors"]], o["error"], o["empty"], o["pages"])
