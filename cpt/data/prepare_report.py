@@ -78,8 +78,8 @@ class PrepareReport:
         }
 
     def save(self, path: Path) -> None:
-        files = [{**f, "dropped": dict(f["dropped"])} for f in self.files]
-        path.write_text(json.dumps({"summary": self.summary(), "files": files}, indent=1))
+        with open(path, "w", encoding="utf-8") as out:  # streamed: no copy of a report of a million files in memory
+            json.dump({"summary": self.summary(), "files": self.files}, out, indent=1)
 
     def log_summary(self) -> None:
         s = self.summary()
