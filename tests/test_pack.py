@@ -28,6 +28,7 @@ def qwen(**kw):
     return build_tokenizer(ModelConfig(tokenizer=str(offline_source("qwen2.5-tokenizer")), **kw))
 
 
+@pytest.mark.full  # 25 s: three Qwen tokenizers
 def test_the_worker_encoder_gives_the_tokenizers_ids(tmp_path):
     texts = [PROBE, "", "  leading spaces\n\ttabs", "an <|endoftext|> inside", *licenses(20)]
     truncating = tmp_path / "truncating"

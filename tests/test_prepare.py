@@ -276,3 +276,28 @@ def test_shards_converted_apart_then_finished_give_the_local_output(tmp_path):
         ConvertShard()(tasks, work, k, 3, 1)
     finished = prepare(cfg, converted=work)
     assert prepared_tree(finished) == prepared_tree(local)
+
+
+@pytest.mark.full
+def test_a_script_without_a_main_guard_is_told_so(tmp_path):
+    """prepare called at the top level of a script with num_proc=2: the spawned workers import the script and die as
+    they start; prepare says why instead of retrying every file alone."""
+    import subprocess
+    import sys
+
+    from conftest import CONF, ROOT
+
+    script = tmp_path / "prep.py"
+    script.write_text(f"""
+from hydra import compose, initialize_config_dir
+import cpt.config
+from cpt.config import to_run_config
+from cpt.prepare import prepare
+with initialize_config_dir(config_dir={str(CONF)!r}, version_base="1.3"):
+    cfg = compose(config_name="prepare", overrides=["data=sample", "data.root={tmp_path / 'out'}", "data.num_proc=2"])
+prepare(to_run_config(cfg))
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode != 0
+    assert 'if __name__ == "__main__":' in proc.stderr.splitlines()[-1], proc.stderr[-3000:]

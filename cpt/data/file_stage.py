@@ -214,6 +214,7 @@ def _next(window: deque, pool: ProcessPoolExecutor, num_proc: int, context):
         outcomes = future.result()
     except BrokenProcessPool:  # some worker died: find the part that kills it, keep the others' results
         pool.shutdown(wait=False, cancel_futures=True)
+        _check_workers_start(context)
         for batch, done in list(window):
             if done.done() and not done.cancelled() and done.exception() is None:
                 outcomes = done.result()  # finished before the crash
@@ -227,6 +228,18 @@ def _next(window: deque, pool: ProcessPoolExecutor, num_proc: int, context):
     for (task, _, n_parts), outcome in zip(batch, outcomes):
         yield task, n_parts, outcome
     return pool
+
+
+def _check_workers_start(context) -> None:
+    """After a crash: a worker that dies with no file to convert means that none can start (not a bad file), and
+    retrying every file alone would only repeat that."""
+    with ProcessPoolExecutor(1, mp_context=context) as probe:
+        try:
+            probe.submit(process_batch, []).result()
+        except BrokenProcessPool:
+            raise RuntimeError("prepare's worker processes die as they start, before converting any file. Calling "
+                               "prepare from a script? Guard its code with `if __name__ == \"__main__\":` (the "
+                               "workers are spawned and import the main module). Or set data.num_proc=1") from None
 
 
 def _alone(part: FileTask, context) -> FileResult:

@@ -167,4 +167,5 @@ class Packer:
 def _worker_died() -> RuntimeError:
     return RuntimeError("a tokenizer worker process died (out of memory, or the tokenizer could not be loaded "
                         "there: see the messages above): lower data.num_proc or data.tokenize_batch, or cut long "
-                        "documents with data.chunk_chars, and prepare again")
+                        "documents with data.chunk_chars, and prepare again (from a script: guard its code with "
+                        "`if __name__ == \"__main__\":`, the workers are spawned and import the main module)")
