@@ -44,8 +44,8 @@ def skeleton(word: str) -> str:
 SHINGLE_HASH = "poly64-words-fnv/affine32"  # part of prepare's fingerprint: changing it changes every signature
 
 _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
-_BASE = np.uint64(0x100000001B3)  # odd: invertible mod 2^64
-_BASE_INVERSE = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_BASE = _FNV_PRIME  # the words' polynomial hash base: odd, so invertible mod 2^64
+_BASE_INVERSE = np.uint64(pow(int(_BASE), -1, 1 << 64))
 
 
 @lru_cache(maxsize=1)
