@@ -5,7 +5,7 @@ windows, on a corpus of short documents (so that most windows hold one or more d
 
 On CPU, sdpa then gets a materialized block-diagonal mask (batch x seq x seq) instead of its causal fast path; on
 GPU, flash-attention-2 takes its variable-length path instead. The masked logits' independence from the previous
-document is tested (tests/test_doc_masking.py); this measures the price.
+document is tested (tests/model/test_doc_masking.py); this measures the price.
 """
 
 from __future__ import annotations

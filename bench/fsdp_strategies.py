@@ -4,7 +4,7 @@
 
 Every strategy is `python -m cpt.run fsdp=<strategy> trainer.nproc_per_node=2` on the same model and data, in its
 own process group, the strategies rotating over the repetitions. "state MiB" is this rank's local shards of
-parameters and AdamW state (cpt.metrics.local_state_mib), the part sharding divides. Goal: full_shard <= 0.55x
+parameters and AdamW state (cpt.train.metrics.local_state_mib), the part sharding divides. Goal: full_shard <= 0.55x
 no_shard.
 """
 

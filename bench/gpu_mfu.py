@@ -12,8 +12,8 @@ The data is the synthetic byte-token corpus of bench/common.py (no download; the
 
 MFU = tokens/s x FLOPs/token / peak FLOP/s, FLOPs/token = 6 N + 12 L H d_head T (N = the parameters used in a
 matmul: all unique parameters less the input embedding plus the output projection, 494,032,768 for Qwen2.5-0.5B
-whose lm_head is tied; L layers, H heads, T = seq_len: 3.493e9 at T = 2048; cpt.metrics.flops_per_token), peak =
-the device's dense bf16 peak (989 TFLOP/s for an H100 SXM; cpt.metrics.PEAK_FLOPS). It is the `mfu` cpt logs.
+whose lm_head is tied; L layers, H heads, T = seq_len: 3.493e9 at T = 2048; cpt.train.metrics.flops_per_token), peak =
+the device's dense bf16 peak (989 TFLOP/s for an H100 SXM; cpt.train.metrics.PEAK_FLOPS). It is the `mfu` cpt logs.
 """
 
 from __future__ import annotations

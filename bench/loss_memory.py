@@ -1,11 +1,11 @@
 """Peak memory of training steps where the vocabulary dominates: a 151,936-token vocabulary (Qwen2.5's) on a small
 body (hidden 64, 2 layers), seq 1024, micro-batch 4, 1 rank, fp32 on CPU — cpt with the plain loss (full fp32
-logits), cpt with the chunked loss (cpt/loss.py), and HF Trainer on the same model, windows and optimizer.
+logits), cpt with the chunked loss (cpt/model/loss.py), and HF Trainer on the same model, windows and optimizer.
 
     python bench/loss_memory.py [--reps 1] [--steps 3]
 
 Peak RSS of each side's process (CPU) or the CUDA allocator peak (GPU). That the chunked loss and its gradients
-equal the plain path's is tested (tests/test_loss.py). Goal: chunked <= 0.5x HF Trainer's peak.
+equal the plain path's is tested (tests/model/test_loss.py). Goal: chunked <= 0.5x HF Trainer's peak.
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ def _load(path: str, one_thread: bool) -> None:
     global _TOKENIZER
     if one_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from cpt.tokenizer import HFTokenizer
+    from cpt.model.tokenizer import HFTokenizer
 
     _TOKENIZER = HFTokenizer(path)
 
@@ -135,7 +135,7 @@ def main() -> None:
     ap.add_argument("--pdf", default=None, help="a big PDF to time at each num_proc (default: the R reference "
                                                  "manual if r-doc-pdf is installed; 'none': skip)")
     args = ap.parse_args()
-    from cpt.corpora import corpus_path, fetch_licenses
+    from cpt.assets.corpora import corpus_path, fetch_licenses
 
     pdf = Path(args.pdf) if args.pdf not in (None, "none") else corpus_path("r-manuals") / "refman.pdf"
     pdf = pdf if args.pdf != "none" and pdf.is_file() else None

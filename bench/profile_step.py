@@ -28,27 +28,27 @@ from common import ROOT, child_env, header, prepare_data, run_overrides
 
 # (phase, marker): a sample belongs to the first phase whose marker appears in its stack, read from the outside in
 PHASES = [
-    ("validation (excluded)", "validate_and_log (cpt/train.py"),
-    ("checkpoint (excluded)", "save (cpt/checkpoint.py"),
+    ("validation (excluded)", "validate_and_log (cpt/train/loop.py"),
+    ("checkpoint (excluded)", "save (cpt/train/checkpoint.py"),
     ("data", "next_batches (cpt/data/loader.py"),
-    ("forward + loss", "lm_loss (cpt/loss.py"),
+    ("forward + loss", "lm_loss (cpt/model/loss.py"),
     ("backward", "backward (torch/_tensor.py"),
     ("grad norm + clip", "clip_grad_norm_ ("),
     ("optimizer step", "step (torch/optim/"),
     ("zero_grad", "zero_grad (torch/optim/"),
-    ("metrics + logging", "write (cpt/metrics.py"),
-    ("metrics + logging", "report (cpt/metrics.py"),
-    ("metrics + logging", "global_mean (cpt/train.py"),
-    ("metrics + logging", "check (cpt/train_state.py"),
-    ("metrics + logging", "record (cpt/train_state.py"),
-    ("metrics + logging", "advance (cpt/metrics.py"),
+    ("metrics + logging", "write (cpt/train/metrics.py"),
+    ("metrics + logging", "report (cpt/train/metrics.py"),
+    ("metrics + logging", "global_mean (cpt/train/loop.py"),
+    ("metrics + logging", "check (cpt/train/state.py"),
+    ("metrics + logging", "record (cpt/train/state.py"),
+    ("metrics + logging", "advance (cpt/train/metrics.py"),
 ]
 COMPUTE = {"forward + loss", "backward", "grad norm + clip", "optimizer step"}
 OWN = "loop's own Python"
 
 
 def loop_lines() -> range:
-    """The source lines of the `while state.step < ...` loop of cpt.train._train: samples whose _train frame is
+    """The source lines of the `while state.step < ...` loop of cpt.train.loop._train: samples whose _train frame is
     elsewhere are setup (model, data, process group) or teardown (export) and are not counted."""
     tree = ast.parse((ROOT / "cpt" / "train.py").read_text())
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_train")
@@ -57,9 +57,9 @@ def loop_lines() -> range:
 
 
 def phase_of(stack: list[str], lines: range) -> tuple[str, int] | None:
-    """The phase of one sampled stack (outermost frame first) and the line of cpt/train.py's loop it was on, or None
+    """The phase of one sampled stack (outermost frame first) and the line of cpt/train/loop.py's loop it was on, or None
     when the sample is not inside the training loop."""
-    at = next((i for i, f in enumerate(stack) if f.startswith("_train (cpt/train.py:")), None)
+    at = next((i for i, f in enumerate(stack) if f.startswith("_train (cpt/train/loop.py:")), None)
     line = int(stack[at].rpartition(":")[2].rstrip(")")) if at is not None else None
     if line not in lines:
         return None
@@ -71,7 +71,7 @@ def phase_of(stack: list[str], lines: range) -> tuple[str, int] | None:
 
 
 def profile(size: str, steps: int, rate: int) -> tuple[collections.Counter, collections.Counter]:
-    """py-spy over `python -m cpt.run`: samples per phase, and the loop's own samples per line of cpt/train.py."""
+    """py-spy over `python -m cpt.run`: samples per phase, and the loop's own samples per line of cpt/train/loop.py."""
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "profile.txt"
         spy = Path(sys.executable).parent / "py-spy"
@@ -102,9 +102,9 @@ def optimizer_steps(size: str, reps: int) -> dict[str, float]:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from cpt.config import to_run_config
-    from cpt.model import build_model
-    from cpt.optim import param_groups
+    from cpt.config.schema import to_run_config
+    from cpt.model.build import build_model
+    from cpt.train.optim import param_groups
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_run_config(compose("config", run_overrides(size)))
@@ -149,7 +149,7 @@ def main() -> None:
     print(f"\nframework share of the loop (everything but forward, backward, clip and optimizer) = "
           f"**{framework / total:.3f}**")
     source = (ROOT / "cpt" / "train.py").read_text().splitlines()
-    print(f"\n{OWN}, costliest lines of cpt/train.py: " + "; ".join(
+    print(f"\n{OWN}, costliest lines of cpt/train/loop.py: " + "; ".join(
         f"{n}: `{source[n - 1].strip()[:60]}` {v * ms_per_sample / steps:.2f} ms" for n, v in own.most_common(4)))
     opt = optimizer_steps(args.size, args.reps)
     print("\n| AdamW implementation | ms per step |\n|---|---|")

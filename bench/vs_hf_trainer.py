@@ -27,11 +27,11 @@ def hf_trainer(size: str, steps: int, warmup: int, fsdp: str, compile: bool) -> 
     from hydra import compose, initialize_config_dir
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from cpt.config import to_run_config
+    from cpt.config.schema import to_run_config
     from cpt.data.loader import MixtureLoader
     from cpt.data.manifest import load_manifest, open_streams
-    from cpt.model import build_model
-    from cpt.tokenizer import build_tokenizer
+    from cpt.model.build import build_model
+    from cpt.model.tokenizer import build_tokenizer
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = to_run_config(compose("config", run_overrides(size)))

@@ -1,224 +1,26 @@
 """`python -m cpt.prepare data=<name> [model=<model>]`: raw documents -> deduplicated, split, packed token shards.
 
-Reads the same composed config as training (the `data` group names the sources, the `model` group the
-tokenizer) and writes `<data.root>/<data.name>/` (see cpt.data.manifest), atomically: a crash leaves the
-previous version intact. Stages, streaming file by file:
-  convert (one reader per format) -> chunk -> clean -> length filter -> signatures   (data.num_proc workers)
-  -> exact + near dedup (whole corpus, in file order) -> train/val split by text hash -> docs/<source>.<split>.jsonl
-  -> tokenize (data.num_proc workers, while conversion goes on) -> shards.
+Composes the same config as training (the `data` group names the sources, the `model` group the tokenizer) and runs
+cpt.data.prepare (its docstring lists the stages); the log goes to the Hydra run directory's prepare.log.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import resource
-import shutil
-import time
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Optional
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cpt.cli import user_errors
-from cpt.config import DataConfig, Executor, RunConfig, to_run_config
-from cpt.data.convert import expand_paths
-from cpt.data.dedup import SHINGLE_HASH, Deduplicator
-from cpt.data.file_stage import FileResult, FileTask, run_in_order
-from cpt.data.manifest import MANIFEST, SPLITS, data_dir
-from cpt.data.pack import Packer, token_dtype
-from cpt.data.prepare_report import PrepareError, PrepareReport
-from cpt.logs import setup_logging
-from cpt.tokenizer import build_tokenizer, identity
-from cpt.validate import validate_data
-
-log = logging.getLogger("cpt.prepare")
-
-
-def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
-    """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
-    Source weights and the replay share are training-time choices and are left out, and so is how the work is
-    spread."""
-    options = {k: v for k, v in vars(cfg).items()
-               if k not in ("sources", "replay", "root", "name", "num_proc", "strict", "executor", "slurm")}
-    options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
-    listing = {name: [(str(p), *_size_and_mtime(p)) for p in paths] for name, paths in files.items()}
-    formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
-    ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
-    blob = json.dumps([repr(options), ids, listing, formats, SHINGLE_HASH], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
-
-
-def file_tasks(cfg: DataConfig, files: dict[str, list[Path]]) -> list[FileTask]:
-    return [FileTask(source.name, path, source.format, cfg.convert, cfg.clean, source.dedup or cfg.dedup,
-                     cfg.chunk_chars, cfg.val_fraction) for source in cfg.sources for path in files[source.name]]
-
-
-def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, docs_dir: Path,
-                    report: PrepareReport, packer: Packer) -> None:
-    """Every file converted, chunked, cleaned and signed (cpt.data.file_stage, in `data.num_proc` workers or a
-    Slurm array); here, in file order, the dedup decisions, the report, docs/<source>.<split>.jsonl, and each kept
-    document handed to the packer (tokenized by its workers meanwhile)."""
-    from tqdm import tqdm
-
-    docs_dir.mkdir(parents=True)
-    dedup = Deduplicator()
-    outs = {(s.name, split): open(docs_dir / f"{s.name}.{split}.jsonl", "w", encoding="utf-8")
-            for s in cfg.sources for split in SPLITS}
-    try:
-        with tqdm(total=total, desc="prepare", unit="file", mininterval=1.0) as bar:  # closed on errors too
-            for task, result in results:
-                entry = report.file(task.source, task.path, result.format or task.format)
-                for line, message in result.record_errors:
-                    report.record_error(entry, line, message)
-                for doc in result.docs:
-                    reason = doc.dropped or dedup.check(doc.signature, doc.id, task.dedup)
-                    if reason:
-                        report.drop(entry, reason)
-                        continue
-                    record = {"id": doc.id, "text": doc.text, "source": task.source, "path": str(task.path), **doc.meta}
-                    outs[task.source, doc.split].write(json.dumps(record, ensure_ascii=False) + "\n")
-                    packer.add((task.source, doc.split), doc.text)
-                    report.keep(entry, doc.split)
-                if result.error and result.empty:
-                    report.file_empty(entry, result.error)
-                elif result.error:
-                    report.file_failed(entry, result.error)
-                bar.update(1)
-                if bar.n % 256 == 0 or bar.n == total:  # formatting it for every file cost seconds on 20k files
-                    bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
-    finally:
-        for out in outs.values():
-            out.close()
-
-
-def prepare(cfg: RunConfig, converted: Optional[Path] = None) -> Path:
-    """Prepare cfg.data (nothing to do when up to date). data.executor=slurm: this process submits the Slurm jobs
-    and waits for them; the last one calls prepare again with `converted`, the work directory whose shards hold
-    every file's converted result."""
-    d = cfg.data
-    validate_data(d)
-    tokenizer = build_tokenizer(cfg.model)
-    tok_identity = identity(tokenizer)
-    files = {s.name: expand_paths(s.paths, f"data.sources[{i}].paths") for i, s in enumerate(d.sources)}
-    fp = fingerprint(d, tok_identity, files)
-    out = data_dir(d)
-    if (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()).get("fingerprint") == fp:
-        log.info("prepared data %s is up to date (fingerprint %s): nothing to do", out, fp)
-        return out
-    tasks = file_tasks(d, files)
-    if d.executor == Executor.slurm and converted is None:
-        from cpt.data.slurm_prepare import prepare_on_slurm
-
-        return prepare_on_slurm(cfg, tasks, work_dir(d, fp))
-    if converted is not None:
-        from cpt.data.slurm_prepare import read_shards
-
-        results = read_shards(tasks, converted)
-    else:
-        results = run_in_order(tasks, d.num_proc)
-
-    start, cpu = time.perf_counter(), _cpu_seconds()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        stage_seconds: dict[str, float] = {}
-        dtype, sources = build(d, results, len(tasks), tokenizer, tmp, stage_seconds)
-        tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
-        manifest = {"name": d.name, "fingerprint": fp, "tokenizer": tok_identity, "dtype": dtype,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
-                    "seconds": round(time.perf_counter() - start, 2), "stage_seconds": stage_seconds,
-                    "cpu_seconds": {k: round(v - cpu[k], 2) for k, v in _cpu_seconds().items()},
-                    "sources": sources}
-        if tokenizer.extension:  # model.extend_vocab: how much shorter the domain text got (cpt.vocab)
-            from cpt.vocab import fertility_change
-
-            manifest["fertility"] = fertility_change(cfg.model, tokenizer,
-                                                     tmp / "docs" / f"{d.sources[0].name}.train.jsonl")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    except BaseException:  # any failure (Ctrl-C too) leaves no temporary directory behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(tmp, out)
-    log.info("prepared %s: %d tokens in %.1f s (%.0f tokens/s; %s; CPU s: %s); report: %s", out, tokens,
-             manifest["seconds"], tokens / max(manifest["seconds"], 1e-9),
-             ", ".join(f"{stage} {s:.1f} s" for stage, s in manifest["stage_seconds"].items()),
-             ", ".join(f"{who} {s:.1f}" for who, s in manifest["cpu_seconds"].items()), out / "report.json")
-    return out
-
-
-def _cpu_seconds() -> dict[str, float]:
-    """CPU time (user + system) of this process and of its finished worker processes so far."""
-    me, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"this process": me.ru_utime + me.ru_stime, "workers": workers.ru_utime + workers.ru_stime}
-
-
-def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, tokenizer, tmp: Path,
-          stage_seconds: dict[str, float]) -> tuple[str, dict]:
-    """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split);
-    the wall time of each stage into stage_seconds: "convert" until the last file is decided (tokenizing overlaps
-    it), "tokenize" for the batches still in flight then."""
-    report = PrepareReport(d.strict)
-    dtype = token_dtype(len(tokenizer))
-    start = time.perf_counter()
-    dirs = {(s.name, split): tmp / s.name / split for s in d.sources for split in SPLITS}
-    with Packer(dirs, tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch) as packer:
-        convert_sources(d, results, total, tmp / "docs", report, packer)
-        stage_seconds["convert"] = round(time.perf_counter() - start, 2)
-        start = time.perf_counter()
-        entries = packer.close()
-    stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
-    report.log_summary()
-    for source in d.sources:
-        kept = report.kept.get(source.name)
-        for split, role in (("train", "training"), ("val", "validation")):
-            if kept and not kept[split]:
-                effect = ("training on it fails unless its weight is 0" if split == "train"
-                          else "its gain or forgetting cannot be measured")
-                report.warn(f"source {source.name}: no {role} document (all {sum(kept.values())} went to the other "
-                            f"split): {effect}; lower data.chunk_chars (now {d.chunk_chars}) to cut long documents, "
-                            f"or change data.val_fraction (now {d.val_fraction})")
-    if not report.kept:
-        raise PrepareError("no document survived conversion and filtering: see the problems logged above")
-    sources: dict = {s.name: {} for s in d.sources}
-    for (name, split), entry in entries.items():
-        sources[name][split] = entry
-        log.info("source %s %s: %d documents, %d tokens, %d shards", name, split, entry["docs"], entry["tokens"],
-                 len(entry["shards"]))
-    report.save(tmp / "report.json")
-    return dtype, sources
-
-
-def work_dir(d: DataConfig, fp: str) -> Path:
-    """Where a Slurm prepare keeps its shards until the data is published: beside it, one per fingerprint."""
-    out = data_dir(d)
-    return out.with_name(f".{out.name}.work-{fp}")
-
-
-def swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by the finished `tmp` with renames, so readers never see a half-written directory."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+from cpt.common.errors import user_errors
+from cpt.common.logs import setup_logging
+from cpt.config.schema import to_run_config
+from cpt.data.prepare import prepare
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     setup_logging(Path(HydraConfig.get().runtime.output_dir), rank=0, log_name="prepare.log")
     prepare(to_run_config(cfg))
 

@@ -4,7 +4,7 @@ Reads every job directory (one holding metrics.jsonl) under the sweep: its overr
 its resolved config and its metrics. Writes into the sweep directory:
   report.md, report.csv   one row per job: overrides, status, steps, final train loss, best validation loss and
                           perplexity (and at which step), median tokens/s, and for runs with several sources the
-                          domain gain and the forgetting (cpt/pareto.py); sorted by best validation loss
+                          domain gain and the forgetting (cpt/eval/pareto.py); sorted by best validation loss
   train_loss.png, val_loss.png   the curves of every job, the best job drawn thick and marked in the legend
   pareto.png              forgetting against domain gain, one labelled point per completed job, the Pareto front
                           and the best trade-off (largest gain with forgetting <= --max-forgetting); report.md
@@ -16,173 +16,10 @@ without reaching the end), or incomplete (stopped early: killed, still running, 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import statistics
 import sys
 from pathlib import Path
-from typing import Optional
 
-import yaml
-
-from cpt.heldout import perplexity
-from cpt.pareto import best_tradeoff, gain_and_forgetting, pareto_front, plot_pareto
-
-DEFAULT_MAX_FORGETTING = 0.05  # 5% higher perplexity on the replayed/general sources
-
-
-def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
-    """One job's row; `domain` names the domain source (default: the first source of the job's data config)."""
-    records = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = {r["step"]: r for r in records if "loss" in r}  # a resumed job logs some steps twice: the last wins
-    val_records = {r["step"]: r for r in records if "val_loss" in r}
-    val = {step: r["val_loss"] for step, r in val_records.items()}
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    config = yaml.safe_load((job_dir / "config.yaml").read_text()) if (job_dir / "config.yaml").is_file() else {}
-    steps = (config.get("trainer") or {}).get("steps")
-    last = max(train) if train else 0
-    best_step = min(val, key=val.get) if val else None
-    tps = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
-    sources = (config.get("data") or {}).get("sources") or [{}]
-    tradeoff = gain_and_forgetting(val_records, domain or sources[0].get("name", ""))
-    if steps is not None and last >= steps:
-        status = "completed"
-    else:
-        tail = (job_dir / "train.log").read_text()[-4000:] if (job_dir / "train.log").is_file() else ""
-        status = "failed" if "Traceback" in tail or "][ERROR]" in tail else "incomplete"
-    return {
-        "job": job_dir.name,
-        "overrides": overrides,
-        "status": status,
-        "steps": last,
-        "final_loss": train[last]["loss"] if train else None,
-        "best_val_loss": val[best_step] if val else None,
-        "best_val_ppl": perplexity(val[best_step]) if val else None,
-        "best_val_step": best_step,
-        "tokens_per_s": statistics.median(tps) if tps else None,
-        "domain_gain": tradeoff["domain_gain"] if tradeoff else None,
-        "forgetting": tradeoff["forgetting"] if tradeoff else None,
-        "tradeoff": tradeoff,
-        "pareto": None,  # set by tradeoff_section for the jobs it scores
-        "train_curve": sorted((s, r["loss"]) for s, r in train.items()),
-        "val_curve": sorted(val.items()),
-    }
-
-
-def find_jobs(sweep: Path) -> list[Path]:
-    return sorted((p.parent for p in sweep.rglob("metrics.jsonl")), key=lambda p: (len(p.parts), str(p)))
-
-
-COLUMNS = ["job", "overrides", "status", "steps", "final_loss", "best_val_loss", "best_val_ppl", "best_val_step",
-           "tokens_per_s", "domain_gain", "forgetting", "pareto"]
-
-
-# how report.md shows numbers (report.csv keeps full precision)
-_FORMATS = {"final_loss": "{:.4f}", "best_val_loss": "{:.4f}", "best_val_ppl": "{:,.2f}", "tokens_per_s": "{:,.0f}",
-            "domain_gain": "{:+.1%}", "forgetting": "{:+.1%}"}
-
-
-def _fmt(column: str, v) -> str:
-    if v is None:
-        return "—"
-    return _FORMATS[column].format(v) if column in _FORMATS else str(v)
-
-
-def write_tables(jobs: list[dict], out: Path, tradeoffs: str) -> None:
-    by_source = sorted({s for j in jobs if j["tradeoff"] for s in j["tradeoff"]["forgetting_by_source"]})
-    with open(out / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS + [f"forgetting/{s}" for s in by_source], extrasaction="ignore")
-        writer.writeheader()
-        for job in jobs:
-            per_source = job["tradeoff"]["forgetting_by_source"] if job["tradeoff"] else {}
-            writer.writerow({**job, **{f"forgetting/{s}": v for s, v in per_source.items()}})
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for i, job in enumerate(jobs):
-        cells = [_fmt(c, job[c]) for c in COLUMNS]
-        if i == 0 and job["best_val_loss"] is not None:
-            cells[0] = f"**{cells[0]}** (best)"
-        lines.append("| " + " | ".join(cells) + " |")
-    (out / "report.md").write_text(f"# Sweep report: {out}\n\n" + "\n".join(lines) + "\n" + tradeoffs)
-
-
-def short_label(job: dict) -> str:
-    """'optim.lr=1e-4 data.replay=0.05' -> 'lr=1e-4 replay=0.05' (the job's name when nothing varies)."""
-    parts = [o.split("=", 1) for o in job["overrides"].split()]
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in parts if v is not None) or job["job"]
-
-
-def tradeoff_section(jobs: list[dict], out: Path, max_forgetting: float) -> str:
-    """The Pareto analysis of the completed jobs that have a domain gain and a forgetting: sets each job's `pareto`
-    (best / front / dominated), draws pareto.png and returns report.md's section ('' when no job qualifies)."""
-    (out / "pareto.png").unlink(missing_ok=True)  # from an earlier report of this sweep
-    scored = [j for j in jobs if j["status"] == "completed" and j["forgetting"] is not None]
-    if not scored:
-        return ""
-    points = [(j["forgetting"], j["domain_gain"]) for j in scored]
-    front = pareto_front(points)
-    best = best_tradeoff(points, front, max_forgetting)
-    for i, job in enumerate(scored):
-        job["pareto"] = "best" if i == best else "front" if i in front else "dominated"
-    domain = scored[0]["tradeoff"]["domain"]
-    plot_pareto([j["job"] for j in scored], [short_label(j) for j in scored], points, front, best, max_forgetting,
-                domain, out / "pareto.png")
-    others = ", ".join(sorted(scored[0]["tradeoff"]["forgetting_by_source"]))
-    lines = [f"\n## Domain gain vs forgetting ({len(scored)} completed jobs; pareto.png)\n",
-             f"Domain gain: perplexity drop on '{domain}' from step 0 (the base model) to the last validation. "
-             f"Forgetting: mean perplexity rise on the other sources ({others}). The Pareto front holds the jobs "
-             "that no other job beats on both; the best trade-off is the front job with the largest gain whose "
-             f"forgetting is at most {max_forgetting:.1%} (--max-forgetting).\n",
-             "| job | overrides | domain gain | forgetting | Pareto |", "|---|---|---|---|---|"]
-    for job in sorted(scored, key=lambda j: -j["domain_gain"]):
-        mark = "**best trade-off**" if job["pareto"] == "best" else job["pareto"]
-        lines.append(f"| {job['job']} | {job['overrides']} | {_fmt('domain_gain', job['domain_gain'])} | "
-                     f"{_fmt('forgetting', job['forgetting'])} | {mark} |")
-    if best is None:
-        lines.append(f"\nNo job on the front forgets at most {max_forgetting:.1%}: no best trade-off (raise "
-                     "--max-forgetting, add replay or lower the learning rate).")
-    return "\n".join(lines) + "\n"
-
-
-def plot(jobs: list[dict], key: str, ylabel: str, path: Path, best: Optional[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for job in jobs:
-        curve = job[key]
-        if not curve:
-            continue
-        is_best = job["job"] == best
-        label = f"{job['job']}: {job['overrides'] or '(defaults)'}" + ("  ★ best" if is_best else "")
-        ax.plot([s for s, _ in curve], [v for _, v in curve], marker="o" if len(curve) < 30 else None,
-                linewidth=3 if is_best else 1.2, label=label[:90])
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def report(sweep: Path, domain: Optional[str] = None, max_forgetting: float = DEFAULT_MAX_FORGETTING) -> list[dict]:
-    job_dirs = find_jobs(sweep)
-    if not job_dirs:
-        raise FileNotFoundError(f"{sweep}: no job directory with metrics.jsonl below it; is it a cpt multirun dir?")
-    jobs = [read_job(d, domain) for d in job_dirs]
-    common = set.intersection(*(set(j["overrides"]) for j in jobs))  # show what the sweep varies
-    for job in jobs:
-        job["overrides"] = " ".join(o for o in job["overrides"] if o not in common or len(jobs) == 1)
-    jobs.sort(key=lambda j: (j["best_val_loss"] is None, j["best_val_loss"] or 0.0))
-    best = jobs[0]["job"] if jobs[0]["best_val_loss"] is not None else None
-    tradeoffs = tradeoff_section(jobs, sweep, max_forgetting)
-    write_tables(jobs, sweep, tradeoffs)
-    plot(jobs, "train_curve", "train loss", sweep / "train_loss.png", best)
-    plot(jobs, "val_curve", "validation loss", sweep / "val_loss.png", best)
-    return jobs
+from cpt.eval.sweep_report import DEFAULT_MAX_FORGETTING, report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import cpt.config  # noqa: F401,E402  (registers the schema)
+import cpt.config.schema  # noqa: F401,E402  (registers the schema)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -30,7 +30,7 @@ TINY = [
 
 def real_corpus(name: str, *parts: str) -> Path:
     """A file or folder of a real corpus (cpt.corpora); skipped when missing, or failed with CPT_REQUIRE_CORPORA=1."""
-    from cpt.corpora import corpus_path
+    from cpt.assets.corpora import corpus_path
 
     path = corpus_path(name).joinpath(*parts)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
@@ -45,7 +45,7 @@ def real_corpus(name: str, *parts: str) -> Path:
 def offline_source(name: str) -> Path:
     """An offline model source (cpt.sources): built if cached or required (CPT_REQUIRE_CORPORA=1, CI), else the test
     is skipped."""
-    from cpt.sources import cache_root, source_path
+    from cpt.assets.models import cache_root, source_path
 
     if not (cache_root() / name).is_dir() and os.environ.get("CPT_REQUIRE_CORPORA") != "1":
         pytest.skip(f"offline source {name} not built: python -m cpt.sources")
@@ -124,8 +124,8 @@ def run_tiny(tmp_path: Path, name: str, extra: list[str], **kw) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def sample_data(tmp_path_factory):
     """The sample corpus prepared once per session; runs find it through CPT_TEST_DATA_ROOT."""
-    from cpt.config import to_run_config
-    from cpt.prepare import prepare
+    from cpt.config.schema import to_run_config
+    from cpt.data.prepare import prepare
 
     root = tmp_path_factory.mktemp("data")
     os.environ["CPT_TEST_DATA_ROOT"] = str(root)
@@ -136,7 +136,7 @@ def sample_data(tmp_path_factory):
 def byte_tokenizer_dir(tmp_path_factory) -> Path:
     """cpt's byte tokenizer saved as a transformers tokenizer (byte-level BPE, no merges, EOS 256): a real
     transformers tokenizer that needs no download, for vocabulary extension and bits-per-byte tests."""
-    from cpt.tokenizer import ByteTokenizer
+    from cpt.model.tokenizer import ByteTokenizer
 
     out = tmp_path_factory.mktemp("byte_tokenizer")
     ByteTokenizer().save_pretrained(out)

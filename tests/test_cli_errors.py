@@ -1,5 +1,5 @@
 """A user error ends every command with one `error: <message>` line on stderr and a non-zero exit, no traceback
-(with HYDRA_FULL_ERROR set or not); any other error keeps its traceback (cpt.cli)."""
+(with HYDRA_FULL_ERROR set or not); any other error keeps its traceback (cpt.common.errors)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import rank_env
-from cpt.cli import EXIT_USER_ERROR, UserError, user_errors
+from cpt.common.errors import EXIT_USER_ERROR, UserError, user_errors
 
 
 def cli(module: str, args: list[str], cwd, full_error: bool = True) -> subprocess.CompletedProcess:

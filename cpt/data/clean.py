@@ -6,7 +6,7 @@ import re
 import unicodedata
 from typing import Optional
 
-from cpt.config import CleanConfig, UnicodeForm
+from cpt.config.schema import CleanConfig, UnicodeForm
 
 # C0/C1 control characters except tab and newline; plus zero-width and BOM characters that survive normalization
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b\u200c\u200d\u2060\ufeff]")

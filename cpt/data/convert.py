@@ -1,6 +1,6 @@
 """Raw files -> documents: one reader per format, each streaming dicts {"text": str, **metadata}.
 
-Options come from `data.convert` (cpt.config.ConvertConfig). A problem with a whole file raises FileError (the
+Options come from `data.convert` (cpt.config.schema.ConvertConfig). A problem with a whole file raises FileError (the
 caller reports the file and goes on); a problem with one line / record / row / page calls
 on_record_error(number, message) and the rest of the file goes on. Formats:
   text   one document per file; optional YAML front matter (`---` ... `---`) -> metadata "front_matter"
@@ -24,29 +24,16 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from cpt.cli import UserError
-from cpt.config import ConvertConfig
+from cpt.common.errors import UserError
+from cpt.config.schema import ConvertConfig
+from cpt.data.pdf import read_pdf
+from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
 
 FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
                            ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf"}
 _FORMAT_NAMES = sorted(set(FORMATS.values()))
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ICONV = "convert it first, e.g. `iconv -f latin1 -t utf-8 in > out` (use its real encoding)"
-
-OnRecordError = Callable[[int, str], None]
-
-
-class FileError(Exception):
-    """A whole file cannot be converted. str(e) names the file, says why and what to do."""
-
-    def __init__(self, path: Path, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path, self.reason = path, message
-
-
-class EmptyFileError(FileError):
-    """A readable file with no text to train on (empty, whitespace, front matter only): counted, not an error."""
-
 
 class NoFilesError(UserError, FileNotFoundError):
     """A configured path or pattern matches no file."""
@@ -300,9 +287,8 @@ def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRec
                 yield {"text": text, "line": line_no, "fields": fields}
 
 
-# ---------------------------------------------------------------------------------------------- pdf
+# ---------------------------------------------------------------------------------------------- pdf (cpt.data.pdf: big
+# PDFs are also read in page ranges, by cpt.data.file_stage)
 
 def _read_pdf(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
-    from cpt.data.pdf import read_pdf  # its own module: big PDFs are also read in page ranges (cpt.data.file_stage)
-
     yield read_pdf(path, cfg, on_record_error)

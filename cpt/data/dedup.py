@@ -7,7 +7,7 @@ A signature is computed with numpy, not per shingle in Python: each word is hash
 at once; skeletons with xxh32), the n-grams' hashes are combined from those, and the MinHash values are datasketch's
 `affine32` scheme (MurmurHash3's 32-bit finalizer, then h -> a*h + b mod 2^32 per permutation) applied to all
 shingles at once: the same values datasketch's MinHash.update_batch gives for these shingle hashes
-(tests/test_dedup.py), several times faster. datasketch's LSH index makes the decisions."""
+(tests/data/test_dedup.py), several times faster. datasketch's LSH index makes the decisions."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import xxhash
 
-from cpt.config import DedupConfig, Shingle
+from cpt.config.schema import DedupConfig, Shingle
 
 _WORD = re.compile(r"\w+")
 
@@ -79,7 +79,7 @@ def _word_hashes(lower: str) -> np.ndarray:
     """A 32-bit hash of each `\\w+` word of the text, in order, without a Python loop over the words: the words'
     bounds from a table of word characters; each word's polynomial hash sum(c_i B^(i - start)) mod 2^64 from one
     prefix sum over the code points of a block of words; then mixed. The same words as re.findall
-    (tests/test_dedup.py), 4x faster with the hashing."""
+    (tests/data/test_dedup.py), 4x faster with the hashing."""
     cp = np.frombuffer(lower.encode("utf-32-le"), dtype=np.uint32)
     word = _is_word_bmp()[np.minimum(cp, 0xFFFF)]
     astral = np.flatnonzero(cp > 0xFFFF)

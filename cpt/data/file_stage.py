@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from cpt import faults
-from cpt.config import CleanConfig, ConvertConfig, DedupConfig
+from cpt.common import faults
+from cpt.config.schema import CleanConfig, ConvertConfig, DedupConfig
 from cpt.data.chunk import split_document
 from cpt.data.clean import clean_text, length_problem
-from cpt.data.convert import EmptyFileError, FileError, convert_file, detect_format
+from cpt.data.convert import convert_file, detect_format
+from cpt.data.read_errors import EmptyFileError, FileError
 from cpt.data.dedup import Signature, signature
 from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
 from cpt.data.split import split_of

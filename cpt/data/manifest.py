@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cpt.cli import UserError
-from cpt.config import DataConfig
-from cpt.tokenizer import Tokenizer, identity, same_ids
+from cpt.common.errors import UserError
+from cpt.config.schema import DataConfig
+from cpt.model.tokenizer import Tokenizer, identity, same_ids
 
 if TYPE_CHECKING:
     from cpt.data.loader import TokenStream
@@ -61,7 +61,7 @@ def load_manifest_file(cfg: DataConfig) -> dict:
 
 
 def open_streams(cfg: DataConfig, manifest: dict, split: str) -> dict[str, TokenStream]:
-    from cpt.data.loader import TokenStream  # torch: not needed by prepare
+    from cpt.data.loader import TokenStream  # lazy: imports torch, which prepare does not need
 
     root = data_dir(cfg)
     streams = {}

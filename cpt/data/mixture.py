@@ -16,7 +16,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from cpt.config import DataConfig
+from cpt.config.schema import DataConfig
 
 
 def shares(weights: Mapping[str, float], replay: Optional[float]) -> dict[str, float]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt.tokenizer import Tokenizer, worker_encoder
+from cpt.model.tokenizer import Tokenizer, worker_encoder
 
 BATCH_CHARS = 1 << 20  # a batch is sent once it holds data.tokenize_batch documents or this many characters
 

@@ -12,8 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from cpt.config import ConvertConfig
-from cpt.data.convert import FileError, OnRecordError
+from cpt.config.schema import ConvertConfig
+from cpt.data.read_errors import FileError, OnRecordError
 
 # table-of-contents / index lines: "2.1 Installing R . . . . 12", "Introduction....5", "abline . . . 67, 70"
 _DOT_LEADER = re.compile(r"(?:\.\s*){4,}(?:\d+|[ivxlcdm]+)(?:\s*,\s*\d+)*\s*$", re.IGNORECASE)

@@ -9,7 +9,7 @@ import logging
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from cpt.cli import UserError
+from cpt.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from typing import Iterator
 
 import numpy as np
 
-from cpt import faults
-from cpt.config import RunConfig
+from cpt.common import faults
+from cpt.config.schema import RunConfig
 from cpt.data.file_stage import Doc, FileResult, FileTask, assemble, plan_units, results
 from cpt.data.prepare_report import PrepareError
+from cpt.data.publish import make_plan, publish
 
 log = logging.getLogger("cpt.prepare")
 PLAN = "plan.json"
@@ -122,9 +123,11 @@ def read_shards(tasks: list[FileTask], work: Path) -> Iterator[tuple[FileTask, F
 
 
 def _finish(cfg: RunConfig, work: Path) -> Path:
-    from cpt.prepare import prepare
-
-    return prepare(cfg, converted=work)
+    """The last job: every shard read back in unit order, then the rest of prepare as a local run does it."""
+    plan = make_plan(cfg)
+    if plan.up_to_date:
+        return plan.out
+    return publish(plan, read_shards(plan.tasks, work))
 
 
 def _load_or_write_plan(tasks: list[FileTask], work: Path, shards: int) -> dict:

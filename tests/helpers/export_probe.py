@@ -10,15 +10,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import TINY, compose_cfg  # noqa: E402
-from cpt import distributed  # noqa: E402
-from cpt.config import to_run_config  # noqa: E402
+from cpt.config.schema import to_run_config  # noqa: E402
 from cpt.data.loader import MixtureLoader  # noqa: E402
 from cpt.data.manifest import load_manifest, open_streams  # noqa: E402
-from cpt.export import export_model  # noqa: E402
-from cpt.optim import build_optimizer  # noqa: E402
-from cpt.parallelize import build_parallel_model  # noqa: E402
-from cpt.tokenizer import build_tokenizer  # noqa: E402
-from cpt.train import train_step  # noqa: E402
+from cpt.model.tokenizer import build_tokenizer  # noqa: E402
+from cpt.parallel import distributed  # noqa: E402
+from cpt.parallel.parallelize import build_parallel_model  # noqa: E402
+from cpt.train.export import export_model  # noqa: E402
+from cpt.train.loop import train_step  # noqa: E402
+from cpt.train.optim import build_optimizer  # noqa: E402
 
 out = Path(sys.argv[1])
 cfg = to_run_config(compose_cfg(TINY))

@@ -9,9 +9,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from conftest import TINY, compose_cfg  # noqa: E402
-from cpt import distributed  # noqa: E402
-from cpt.config import to_run_config  # noqa: E402
-from cpt.parallelize import build_parallel_model  # noqa: E402
+from cpt.config.schema import to_run_config  # noqa: E402
+from cpt.parallel import distributed  # noqa: E402
+from cpt.parallel.parallelize import build_parallel_model  # noqa: E402
 
 out = Path(sys.argv[1])
 env = distributed.setup(to_run_config(compose_cfg(TINY)).trainer.device, 1)

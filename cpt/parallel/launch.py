@@ -1,0 +1,67 @@
+"""How the ranks of a run come to exist: N local ranks started from one process (torch elastic's launcher API),
+ranks that submitit started (Hydra's submitit launcher, locally or on SLURM: rank, world and rendezvous from its job
+environment), and ranks torchrun started (every rank runs Hydra: they agree on one run directory through rank 0's
+clock). The function each rank runs is the caller's (cpt.run's training)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from cpt.config.schema import Device
+from cpt.parallel import distributed
+
+log = logging.getLogger("cpt.run")
+
+
+def launch_local(rank_main: Callable, nproc: int, *args):
+    """Run rank_main(*args) in `nproc` spawned local ranks (a top-level, picklable function); rank 0's result."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"cpt-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{distributed.free_port()}",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    log.info("starting %d local ranks", nproc)
+    results = elastic_launch(launch, rank_main)(*args)
+    return results[0]
+
+
+def adopt_submitit_rank() -> None:
+    """In a submitit task (SLURM or local), export RANK/WORLD_SIZE/MASTER_* from submitit's job environment. A
+    requeued job gets the same job id, hence the same rendezvous port."""
+    if "SUBMITIT_EXECUTOR" in os.environ and not distributed.launched_as_rank():
+        from submitit import JobEnvironment
+        from submitit.helpers import TorchDistributedEnvironment
+
+        dist_env = TorchDistributedEnvironment()
+        if os.environ["SUBMITIT_EXECUTOR"] == "local" and "MASTER_PORT" not in os.environ:
+            job = JobEnvironment()
+            port_file = Path(job.paths.folder) / f"{job.job_id}_master_port"
+            dist_env.master_port = distributed.local_job_port(port_file, job.global_rank)
+        dist_env.export(set_cuda_visible_devices=False)
+
+
+def share_run_stamp() -> None:
+    """Under torchrun every rank runs Hydra: make them all resolve the run directory from rank 0's clock, and
+    keep non-zero ranks from writing Hydra's files there."""
+    import torch.distributed as dist
+
+    distributed.init_process_group(distributed.resolve_device(Device.auto))
+    stamp = [datetime.now().isoformat()]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ["CPT_RUN_STAMP"] = stamp[0]
+    if dist.get_rank() != 0:
+        sys.argv += ["hydra.output_subdir=null", "hydra/hydra_logging=disabled"]

@@ -1,0 +1,87 @@
+"""The chunked cross-entropy (cpt.model.loss) gives the plain path's loss and gradients without ever holding the whole
+micro-batch's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cpt.config.schema import ArchConfig, LossImpl, ModelConfig
+from cpt.model import loss as loss_module
+from cpt.model.build import build_model
+from cpt.model.loss import chunk_rows, lm_loss
+
+VOCAB = 512
+
+
+def model_and_batch(tied: bool, seed: int = 0, shape=(3, 21)):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(arch=ArchConfig(tie_word_embeddings=tied)))
+    ids = torch.randint(0, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
+    return model, ids[:, :-1], ids[:, 1:]
+
+
+def loss_and_grads(model, inputs, targets, impl, reduction="mean"):
+    model.zero_grad(set_to_none=True)
+    loss = lm_loss(model, inputs, targets, reduction=reduction, impl=impl)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_chunked_loss_and_gradients_equal_the_plain_path(tied, reduction, monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_BYTES", 4 * VOCAB * 7)  # 7 rows a chunk: 60 tokens in 9 chunks
+    assert chunk_rows(VOCAB) == 7
+    model, inputs, targets = model_and_batch(tied)
+    plain, plain_grads = loss_and_grads(model, inputs, targets, LossImpl.plain, reduction)
+    chunked, chunked_grads = loss_and_grads(model, inputs, targets, LossImpl.chunked, reduction)
+    assert chunked == pytest.approx(plain, rel=1e-6)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(chunked_grads[name], grad, rtol=1e-5, atol=1e-5), name
+    assert model(input_ids=inputs).logits.shape[-1] == VOCAB  # the lm_head is itself again afterwards
+
+
+def test_validation_without_grad_gives_the_same_loss(monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_BYTES", 4 * VOCAB * 5)
+    model, inputs, targets = model_and_batch(tied=True)
+    with torch.no_grad():
+        plain = lm_loss(model, inputs, targets, "sum", LossImpl.plain)
+        chunked = lm_loss(model, inputs, targets, "sum", LossImpl.chunked)
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_chunked_never_materializes_the_micro_batch_logits(monkeypatch):
+    monkeypatch.setattr(loss_module, "CHUNK_BYTES", 4 * VOCAB * 8)
+    model, inputs, targets = model_and_batch(tied=True, shape=(4, 41))  # 160 tokens > hidden size 64
+    sizes = {}
+    for impl in LossImpl:
+        with LargestTensor() as probe:
+            lm_loss(model, inputs, targets, impl=impl).backward()
+        sizes[impl] = probe.largest
+    tokens = targets.numel()
+    assert sizes[LossImpl.plain] == tokens * VOCAB  # the whole micro-batch's logits
+    # chunked: the largest tensor is the model's own (MLP activations: tokens x 256), never tokens x vocab
+    assert sizes[LossImpl.chunked] == tokens * 256 < tokens * VOCAB
+
+
+def test_models_with_logit_transforms_use_the_plain_path():
+    model, inputs, targets = model_and_batch(tied=True)
+    model.config.final_logit_softcapping = 30.0
+    assert not loss_module.supports_chunked(model)

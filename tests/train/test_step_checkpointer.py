@@ -1,0 +1,155 @@
+"""In-process tests (one rank, a gloo group in the test process) of the train step and the checkpointer: the pieces
+the multi-process runs of test_train / test_checkpoint put together, checked directly and in seconds."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from cpt.config.schema import CheckpointConfig, Device, ModelConfig, NonFinite, OptimConfig
+from cpt.model.build import build_model
+from cpt.parallel import distributed
+from cpt.train.checkpoint import Checkpointer, UnsafeCheckpointError, latest_checkpoint
+from cpt.train.loop import train_step
+from cpt.train.optim import build_optimizer, build_scheduler
+from cpt.train.state import NonFiniteGuard, TrainState
+
+
+@pytest.fixture(scope="module")
+def env():
+    saved = {k: os.environ.pop(k, None) for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env = distributed.setup(Device.cpu, 1)
+    yield env
+    distributed.teardown()
+    os.environ.update({k: v for k, v in saved.items() if v is not None})
+
+
+def tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig())
+    optimizer = build_optimizer(model, OptimConfig(lr=3e-3))
+    return model, optimizer
+
+
+def batch(rows: int, seed: int = 1, seq: int = 16):
+    ids = torch.randint(0, 512, (rows, seq + 1), generator=torch.Generator().manual_seed(seed))
+    return ids[:, :-1], ids[:, 1:]
+
+
+def test_train_step_learns_a_repeated_batch(env):
+    model, optimizer = tiny()
+    inputs, targets = batch(4)
+    losses = [train_step(model, optimizer, [(inputs, targets)], 1, 1.0)[0].item() for _ in range(30)]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_accumulation_of_two_halves_equals_one_full_batch(env):
+    inputs, targets = batch(4)
+    results = []
+    for micro in ([(inputs, targets)], [(inputs[:2], targets[:2]), (inputs[2:], targets[2:])]):
+        model, optimizer = tiny()
+        loss, norm, bad = train_step(model, optimizer, micro, len(micro), 1.0)
+        # the first moment after one step is (1 - beta1) * gradient: linear in it, unlike the update itself
+        results.append((loss.item(), norm.item(), bad.item(), [s["exp_avg"] for s in optimizer.state.values()]))
+    (loss1, norm1, bad1, grads1), (loss2, norm2, bad2, grads2) = results
+    assert loss1 == pytest.approx(loss2, abs=1e-6) and norm1 == pytest.approx(norm2, rel=1e-5)
+    assert bad1 == bad2 == 0.0
+    assert all(torch.allclose(a, b, atol=1e-8, rtol=1e-4) for a, b in zip(grads1, grads2))
+
+
+def test_nonfinite_step_is_flagged_and_leaves_weights_and_moments_untouched(env):
+    model, optimizer = tiny()
+    inputs, targets = batch(2)
+    train_step(model, optimizer, [(inputs, targets)], 1, 1.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+    _, norm, bad = train_step(model, optimizer, [(inputs, targets)], 1, 1.0, inject_nan=True)
+    assert bad.item() == 1.0 and not torch.isfinite(norm)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, optimizer.state.values()))
+
+
+class Counter:
+    """A stand-in for the loader: any object with state_dict / load_state_dict can be registered."""
+
+    def __init__(self):
+        self.position = 0
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+def setup_run(tmp_path, env, seed=0):
+    model, optimizer = tiny(seed)
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=3e-3), 10)
+    state, loader = TrainState(), Counter()
+    guard = NonFiniteGuard(NonFinite.skip, env.device, tmp_path)
+    ckpt = Checkpointer(CheckpointConfig(keep_last=1), tmp_path, env, model, optimizer,
+                        states={"train": state, "loader": loader, "scheduler": scheduler, "nonfinite": guard})
+    return model, optimizer, scheduler, state, loader, guard, ckpt
+
+
+def test_checkpointer_restores_every_registered_state(tmp_path, env):
+    model, optimizer, scheduler, state, loader, guard, ckpt = setup_run(tmp_path, env)
+    for step in range(3):
+        _, _, bad = train_step(model, optimizer, [batch(2, seed=step)], 1, 1.0, inject_nan=step == 1)
+        guard.record(bad, step + 1)
+        scheduler.step()
+        state.step, loader.position = step + 1, 10 * (step + 1)
+    ckpt.save(state.step)
+    expected_draw = torch.rand(3)  # what the saving process draws next
+    params = [p.detach().clone() for p in model.parameters()]
+
+    model2, optimizer2, scheduler2, state2, loader2, guard2, ckpt2 = setup_run(tmp_path, env, seed=1)  # reseeds
+    ckpt2.load(latest_checkpoint(ckpt2.root))
+    assert (state2.step, loader2.position, guard2.check(3)) == (3, 30, 1)
+    assert scheduler2.state_dict() == scheduler.state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(params, model2.parameters()))
+    assert torch.equal(optimizer2.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues from where it was at save time
+
+
+def test_checkpointer_refuses_nonfinite_weights(tmp_path, env):
+    model, *_, ckpt = setup_run(tmp_path, env)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="NaN/inf weights"):
+        ckpt.save(1)
+    assert latest_checkpoint(ckpt.root) is None and not list(ckpt.root.glob(".tmp-*"))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+@pytest.mark.parametrize("victim", ["trainer.pt", "rng-0.pt"])
+def test_a_checkpoint_with_a_malicious_pickle_is_refused(tmp_path, env, victim, monkeypatch):
+    *_, ckpt = setup_run(tmp_path, env)
+    ckpt.save(1)
+    path = latest_checkpoint(ckpt.root)
+    with open(path / victim, "wb") as f:
+        pickle.dump({"train": Evil()}, f)
+    monkeypatch.chdir(tmp_path)
+    *_, ckpt2 = setup_run(tmp_path, env)
+    with pytest.raises(UnsafeCheckpointError, match=f"{victim}: refused to load"):
+        ckpt2.load(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_missing_a_registered_state_names_it(tmp_path, env):
+    *_, ckpt = setup_run(tmp_path, env)
+    ckpt.save(1)
+    path = latest_checkpoint(ckpt.root)
+    saved = torch.load(path / "trainer.pt", weights_only=True)
+    del saved["loader"]
+    torch.save(saved, path / "trainer.pt")
+    *_, ckpt2 = setup_run(tmp_path, env)
+    with pytest.raises(ValueError, match=r"no state for \['loader'\]"):
+        ckpt2.load(path)
