@@ -50,7 +50,7 @@ OWN = "loop's own Python"
 def loop_lines() -> range:
     """The source lines of the `while state.step < ...` loop of cpt.train.loop._train: samples whose _train frame is
     elsewhere are setup (model, data, process group) or teardown (export) and are not counted."""
-    tree = ast.parse((ROOT / "cpt" / "train.py").read_text())
+    tree = ast.parse((ROOT / "cpt" / "train" / "loop.py").read_text())
     fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "_train")
     loop = next(n for n in ast.walk(fn) if isinstance(n, ast.While))
     return range(loop.lineno, loop.end_lineno + 1)
@@ -148,7 +148,7 @@ def main() -> None:
     framework = sum(v for k, v in timed.items() if k not in COMPUTE)
     print(f"\nframework share of the loop (everything but forward, backward, clip and optimizer) = "
           f"**{framework / total:.3f}**")
-    source = (ROOT / "cpt" / "train.py").read_text().splitlines()
+    source = (ROOT / "cpt" / "train" / "loop.py").read_text().splitlines()
     print(f"\n{OWN}, costliest lines of cpt/train/loop.py: " + "; ".join(
         f"{n}: `{source[n - 1].strip()[:60]}` {v * ms_per_sample / steps:.2f} ms" for n, v in own.most_common(4)))
     opt = optimizer_steps(args.size, args.reps)

@@ -1,16 +1,7 @@
 """`python -m cpt.report <multirun dir>`: compare the jobs of a sweep without W&B.
 
-Reads every job directory (one holding metrics.jsonl) under the sweep: its overrides (.hydra/overrides.yaml),
-its resolved config and its metrics. Writes into the sweep directory:
-  report.md, report.csv   one row per job: overrides, status, steps, final train loss, best validation loss and
-                          perplexity (and at which step), median tokens/s, and for runs with several sources the
-                          domain gain and the forgetting (cpt/eval/pareto.py); sorted by best validation loss
-  train_loss.png, val_loss.png   the curves of every job, the best job drawn thick and marked in the legend
-  pareto.png              forgetting against domain gain, one labelled point per completed job, the Pareto front
-                          and the best trade-off (largest gain with forgetting <= --max-forgetting); report.md
-                          gets the same as a table
-Status: completed (reached trainer.steps), failed (a .submitit result says so, or the log ends in a traceback
-without reaching the end), or incomplete (stopped early: killed, still running, or waiting to be requeued).
+Writes report.md, report.csv, train_loss.png, val_loss.png and (for runs with several sources) pareto.png into the
+sweep directory; cpt.eval.sweep_report says what each holds and how a job's status is decided.
 """
 
 from __future__ import annotations
