@@ -57,8 +57,8 @@ def loop_lines() -> range:
 
 
 def phase_of(stack: list[str], lines: range) -> tuple[str, int] | None:
-    """The phase of one sampled stack (outermost frame first) and the line of cpt/train/loop.py's loop it was on, or None
-    when the sample is not inside the training loop."""
+    """The phase of one sampled stack (outermost frame first) and the line of cpt/train/loop.py's loop it was on,
+    or None when the sample is not inside the training loop."""
     at = next((i for i, f in enumerate(stack) if f.startswith("_train (cpt/train/loop.py:")), None)
     line = int(stack[at].rpartition(":")[2].rstrip(")")) if at is not None else None
     if line not in lines:

@@ -1,5 +1,6 @@
 """Sweeps with the local submitit launcher (2 ranks per job, one job at a time), W&B offline (one run per job; its
-id kept across a resume: tests/train/test_checkpoint.py) and `python -m cpt.report` (numbers = the metrics files; PNGs)."""
+id kept across a resume: tests/train/test_checkpoint.py) and `python -m cpt.report` (numbers = the metrics files;
+PNGs)."""
 
 from __future__ import annotations
 

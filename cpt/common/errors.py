@@ -1,8 +1,8 @@
 """How cpt's commands end on a user error: one `error: <message>` line on stderr and exit status 2, no traceback.
 
 User errors are UserError and its subclasses, raised where the user has to fix something: a setting
-(cpt.config.schema.ConfigError), an input file (PrepareError), data to prepare, a model or checkpoint path. Anything else
-keeps its full traceback.
+(cpt.config.schema.ConfigError), an input file (PrepareError), data to prepare, a model or checkpoint path.
+Anything else keeps its full traceback.
 
     @hydra.main(...)
     @user_errors          # below @hydra.main, or Hydra prints its traceback first

@@ -106,7 +106,8 @@ class LoraConfig:
 
 @dataclass
 class VocabExtensionConfig:
-    """New tokens added to the tokenizer; their embeddings start as the mean of their old sub-tokens' (cpt/model/vocab.py)."""
+    """New tokens added to the tokenizer; their embeddings start as the mean of their old sub-tokens'
+    (cpt/model/vocab.py)."""
 
     tokens: List[str] = field(default_factory=list)
     file: Optional[str] = None  # a UTF-8 file of new tokens, one per line (blank lines skipped)

@@ -4,8 +4,8 @@ Perplexity says how well a model predicts held-out text; tasks say what it can s
 model on the same harness tasks next to perplexity, and the report shows the change against the baseline (a drop on
 general tasks is task forgetting). Any harness task works where its dataset can be fetched; offline, write a task
 of your own: a directory with a YAML (`dataset_path: json`, `dataset_kwargs.data_files` naming a local JSONL) given
-in `task_dirs` (see tests/train/test_export.py). The model object already loaded for perplexity is handed to the harness,
-with the tokenizer saved next to it.
+in `task_dirs` (see tests/train/test_export.py). The model object already loaded for perplexity is handed to the
+harness, with the tokenizer saved next to it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LoRA (`model.lora`): low-rank adapters injected with peft into the plain transformers module, before it is
-parallelized. The module keeps its class (config, embeddings, decoder blocks: everything cpt.parallel.parallelize and the
-chunked loss rely on); each targeted nn.Linear becomes a peft LoRA layer holding the frozen base weight and the
+parallelized. The module keeps its class (config, embeddings, decoder blocks: everything cpt.parallel.parallelize and
+the chunked loss rely on); each targeted nn.Linear becomes a peft LoRA layer holding the frozen base weight and the
 trainable A (r x in) and B (out x r, zero at start) matrices, so training starts from the base model exactly.
 
 Only adapter parameters (and the embeddings with `train_embeddings`) require grad: they alone get gradients and

@@ -20,7 +20,8 @@ PROBE = "Continued pretraining, 2026: naïve café — 東京 🚀\n\tdef f(x): 
 class Tokenizer(Protocol):
     name: str
     eos_token_id: int
-    extension: dict[int, list[int]]  # ids added by model.extend_vocab -> the ids their text had before (cpt.model.vocab)
+    # ids added by model.extend_vocab -> the ids their text had before (cpt.model.vocab)
+    extension: dict[int, list[int]]
 
     def encode(self, text: str) -> list[int]: ...
 

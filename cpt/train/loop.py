@@ -54,8 +54,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
                sync: Callable[[bool], None] = lambda last: None, loss_impl: LossImpl = LossImpl.chunked,
                eos_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; `sync(is_last)` says before each backward what that
-    micro-step reduces (cpt.parallel.parallelize.gradient_sync); `eos_id`: the documents of a window are masked from each
-    other (cpt.model.doc_masking).
+    micro-step reduces (cpt.parallel.parallelize.gradient_sync); `eos_id`: the documents of a window are masked from
+    each other (cpt.model.doc_masking).
     Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
     was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
     weights and moments untouched, without the host waiting for the step to finish."""

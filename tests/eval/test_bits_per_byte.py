@@ -1,5 +1,5 @@
-"""Bits per byte (cpt.eval.bits_per_byte): the byte table of a tokenizer spells the UTF-8 size of any text it encodes, and
-the bits per byte that validation and evaluate compute equal a hand computation (plain cross-entropy over the
+"""Bits per byte (cpt.eval.bits_per_byte): the byte table of a tokenizer spells the UTF-8 size of any text it encodes,
+and the bits per byte that validation and evaluate compute equal a hand computation (plain cross-entropy over the
 logits, bytes from decoding the targets) for one model under two tokenizers of the same text."""
 
 from __future__ import annotations

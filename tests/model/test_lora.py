@@ -1,5 +1,5 @@
-"""LoRA (cpt.model.lora, model.lora): only adapter weights train and sit in the optimizer; the merged export and the saved
-adapter give the adapted model's logits; 2 FSDP2 ranks give the 1-rank curve; a LoRA run killed mid-way and rerun
+"""LoRA (cpt.model.lora, model.lora): only adapter weights train and sit in the optimizer; the merged export and the
+saved adapter give the adapted model's logits; 2 FSDP2 ranks give the 1-rank curve; a LoRA run killed mid-way and rerun
 continues bit for bit from checkpoints that hold no frozen base weight; `cpt.export` of such a checkpoint rebuilds
 the base and gives the run's own export."""
 
