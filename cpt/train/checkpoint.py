@@ -10,8 +10,8 @@ Layout under `<run dir>/<checkpoint.dir>/`:
                         the previous checkpoints valid; leftovers are deleted at the next start
 
 Resharding comes from DCP: a checkpoint written by N ranks loads on M. The loader position is a few integers, so
-resuming at any step costs the same (no batches are replayed). Every file outside the DCP shards holds tensors and
-plain types only and is loaded with `weights_only=True`: a checkpoint cannot run code.
+resuming at any step costs the same (no batches are replayed). Every file is read through cpt.train.safe_load, with
+allow-lists (DCP's metadata types; tensors and plain types elsewhere): loading a checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import shutil
 import time
@@ -39,6 +38,7 @@ from cpt.common import faults
 from cpt.common.errors import UserError
 from cpt.config.schema import CheckpointConfig
 from cpt.parallel.distributed import DistEnv
+from cpt.train.safe_load import load_dcp, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -123,21 +123,6 @@ def clean_name(name: str) -> str:
     return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
 
 
-def safe_load(path: Path) -> Any:
-    """torch.load restricted to tensors and plain types: a checkpoint is data, never code to run."""
-    try:
-        return torch.load(path, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(
-            f"{path}: refused to load: it holds objects other than tensors and plain Python types, which unpickling "
-            f"could use to run code ({str(e).splitlines()[0][:200]}). cpt never writes such files: take the "
-            "checkpoint from a source you trust, or start fresh with resume=none") from None
-
-
-class UnsafeCheckpointError(UserError, RuntimeError):
-    """A checkpoint file that could execute code when loaded."""
-
-
 class CheckpointNotFoundError(UserError, FileNotFoundError):
     """A checkpoint path (resume=, cpt.export, cpt.evaluate) that holds no complete checkpoint."""
 
@@ -206,7 +191,7 @@ class Checkpointer:
         each named state, and the RNG states when the world size matches."""
         start = time.perf_counter()
         sharded = self._state()
-        dcp.load(sharded, checkpoint_id=str(path))
+        load_dcp(sharded, path)
         set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optim"],
                        options=self.options)
         saved = safe_load(path / TRAINER_STATE)

@@ -22,6 +22,7 @@ from cpt.model.lora import has_lora, merge_lora
 from cpt.model.tokenizer import Tokenizer, build_tokenizer
 from cpt.parallel.distributed import DistEnv
 from cpt.train.checkpoint import clean_name, resolve_resume
+from cpt.train.safe_load import load_dcp
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
 def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
     """Any complete checkpoint (or a run directory: its latest) -> a transformers model directory, in one process,
     without the run's ranks: DCP reassembles the full tensors from the shards."""
-    import torch.distributed.checkpoint as dcp
     from omegaconf import OmegaConf
     from transformers import GenerationConfig
 
@@ -116,7 +116,7 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
         model.tie_weights()
     params = model.state_dict(keep_vars=True)
     state = {"model": {k: v.detach() for k, v in params.items() if not lora or v.requires_grad}}
-    dcp.load(state, checkpoint_id=str(ckpt))  # into the model's own tensors, in place
+    load_dcp(state, ckpt)  # into the model's own tensors, in place; nothing in the files can run code
     full = model.state_dict()
     if lora:
         full = merge_lora(full, model.config, cfg.model.lora)

@@ -8,13 +8,15 @@ import pickle
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 from cpt.config.schema import CheckpointConfig, Device, ModelConfig, NonFinite, OptimConfig
 from cpt.model.build import build_model
 from cpt.parallel import distributed
-from cpt.train.checkpoint import Checkpointer, UnsafeCheckpointError, latest_checkpoint
+from cpt.train.checkpoint import Checkpointer, latest_checkpoint
 from cpt.train.loop import train_step
 from cpt.train.optim import build_optimizer, build_scheduler
+from cpt.train.safe_load import UnsafeCheckpointError, load_dcp
 from cpt.train.state import NonFiniteGuard, TrainState
 
 
@@ -129,7 +131,7 @@ class Evil:
         return (os.system, ("touch pwned",))
 
 
-@pytest.mark.parametrize("victim", ["trainer.pt", "rng-0.pt"])
+@pytest.mark.parametrize("victim", ["trainer.pt", "rng-0.pt", ".metadata"])
 def test_a_checkpoint_with_a_malicious_pickle_is_refused(tmp_path, env, victim, monkeypatch):
     *_, ckpt = setup_run(tmp_path, env)
     ckpt.save(1)
@@ -153,3 +155,26 @@ def test_a_checkpoint_missing_a_registered_state_names_it(tmp_path, env):
     *_, ckpt2 = setup_run(tmp_path, env)
     with pytest.raises(ValueError, match=r"no state for \['loader'\]"):
         ckpt2.load(path)
+
+
+def test_a_malicious_value_inside_the_dcp_shards_is_refused(tmp_path, env, monkeypatch):
+    """DCP stores non-tensor values (the optimizer's param groups) as pickles inside the shard files and torch's
+    planner loads them with weights_only=False; cpt's planner does not. The same file loaded by plain dcp.load runs
+    the payload: proof that the test's checkpoint is really malicious."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "ckpt"
+    dcp.save({"x": torch.arange(4.0), "groups": [{"lr": 0.1, "evil": Evil()}]}, checkpoint_id=str(path))
+    target = {"x": torch.zeros(4), "groups": [{"lr": 0.0, "evil": None}]}
+    with pytest.raises(UnsafeCheckpointError, match=r"refused to load: it holds a value 'groups.0.evil'"):
+        load_dcp(target, path)
+    assert not (tmp_path / "pwned").exists()
+    dcp.load(target, checkpoint_id=str(path))
+    assert (tmp_path / "pwned").exists()
+
+
+def test_genuine_values_load_through_the_safe_reader(tmp_path, env):
+    state = {"x": torch.arange(6.0).reshape(2, 3), "groups": [{"lr": 0.1, "betas": (0.9, 0.95), "params": ["a"]}]}
+    dcp.save(state, checkpoint_id=str(tmp_path / "ckpt"))
+    target = {"x": torch.zeros(2, 3), "groups": [{"lr": 0.0, "betas": None, "params": None}]}
+    load_dcp(target, tmp_path / "ckpt")
+    assert torch.equal(target["x"], state["x"]) and target["groups"] == state["groups"]
