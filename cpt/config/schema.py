@@ -342,6 +342,15 @@ class RunConfig:
     # auto: continue from the latest complete checkpoint of this run directory, if any; none: start fresh;
     # or a checkpoint (step-*) or run directory to start from
     resume: str = "auto"
+    # settings of the checkpoint's run plan (RESUME_PLAN_KEYS) this resume may change on purpose; any other change
+    # stops the resume, naming it (cpt.train.resume_plan)
+    resume_allow: List[str] = field(default_factory=list)
+
+
+# what a checkpoint records of its run and a resume compares (cpt.train.resume_plan says what each change does)
+RESUME_PLAN_KEYS = ("data", "trainer.seq_len", "global_batch", "trainer.seed", "data.mixture", "trainer.steps",
+                    "optim.lr", "optim.schedule", "optim.warmup_steps", "optim.min_lr_ratio", "optim.decay_fraction",
+                    "optim.betas", "optim.eps", "optim.weight_decay", "optim.grad_clip")
 
 
 @dataclass

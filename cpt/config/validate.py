@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cpt.config.schema import ConfigError, DataConfig, EvalConfig, RunConfig, Strategy
+from cpt.config.schema import RESUME_PLAN_KEYS, ConfigError, DataConfig, EvalConfig, RunConfig, Strategy
 
 
 def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
@@ -24,6 +24,10 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
+    unknown = sorted(set(cfg.resume_allow) - set(RESUME_PLAN_KEYS))
+    if unknown:
+        raise ConfigError("resume_allow", f"{unknown} are not settings a checkpoint records; choose among "
+                          f"{list(RESUME_PLAN_KEYS)}")
     if t.eval_interval < 0:
         raise ConfigError("trainer.eval_interval",
                           f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")

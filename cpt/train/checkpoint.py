@@ -87,6 +87,11 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Optional[Path]:
                                   "checkpoints/step-* directory or a run directory (resume= also takes auto or none)")
 
 
+def read_plan(path: Path) -> Optional[dict]:
+    """The run plan a checkpoint recorded (None: written before cpt recorded one)."""
+    return json.loads((path / META).read_text()).get("plan")
+
+
 def all_finite(model: nn.Module) -> bool:
     """True when every rank's parameters are finite: one reduction per rank, not one host sync per parameter."""
     bad = torch.zeros((), device=next(model.parameters()).device)
@@ -133,8 +138,10 @@ class Checkpointer:
     every `interval` steps and at the end, keeps the last `keep_last`, optionally asynchronously."""
 
     def __init__(self, cfg: CheckpointConfig, run_dir: Path, env: DistEnv, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, states: dict[str, Stateful], trainable_only: bool = False):
+                 optimizer: torch.optim.Optimizer, states: dict[str, Stateful], trainable_only: bool = False,
+                 plan: Optional[dict] = None):
         self.cfg, self.root, self.config_yaml = cfg, run_dir / cfg.dir, run_dir / "config.yaml"
+        self.plan = plan  # what a resume must find unchanged (cpt.train.resume_plan), recorded in meta.json
         self.rank, self.world = env.rank, env.world_size
         self.model, self.optimizer, self.states = model, optimizer, states
         # LoRA: frozen base weights are not saved; they come back from where the run built them
@@ -235,7 +242,7 @@ class Checkpointer:
         if self.rank == 0:
             final = self.root / step_name(step)
             (tmp / META).write_text(json.dumps({"step": step, "world_size": self.world,
-                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": self.plan}))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -32,7 +32,7 @@ from cpt.model.tokenizer import build_tokenizer
 from cpt.parallel import distributed
 from cpt.parallel.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync, log_graph_breaks
 from cpt.train import tracking
-from cpt.train.checkpoint import Checkpointer, resolve_resume
+from cpt.train.checkpoint import Checkpointer, read_plan, resolve_resume
 from cpt.train.export import export_model
 from cpt.train.metrics import (
     MetricsSink,
@@ -44,6 +44,7 @@ from cpt.train.metrics import (
     peak_flops,
 )
 from cpt.train.optim import build_optimizer, build_scheduler
+from cpt.train.resume_plan import check_resume, replan, run_plan
 from cpt.train.state import NonFiniteGuard, TrainState
 
 log = logging.getLogger(__name__)
@@ -145,12 +146,15 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
 
     state = TrainState()
     guard = NonFiniteGuard(t.on_nonfinite, env.device, run_dir / cfg.checkpoint.dir)
+    plan = run_plan(cfg, env.world_size, manifest["fingerprint"])
     ckpt = Checkpointer(cfg.checkpoint, run_dir, env, model, optimizer,
                         states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader},
-                        trainable_only=cfg.model.lora.enabled)
+                        trainable_only=cfg.model.lora.enabled, plan=plan)
     resume_from = resolve_resume(cfg.resume, ckpt.root)
     if resume_from is not None:
+        changes = check_resume(read_plan(resume_from), plan, cfg.resume_allow, resume_from)
         ckpt.load(resume_from)
+        replan(changes, cfg, optimizer, scheduler, state.step)
     tracker = None
     if env.is_main and cfg.logger.wandb:
         tracker = tracking.start(cfg.logger, run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()))
