@@ -108,11 +108,15 @@ def main() -> int:
         resumed = [*base, "fsdp=full_shard", f"checkpoint.interval={half}", "export.enabled=true"]
         train(resumed, resumed_dir, {"CPT_FAULT_KILL": f"0:{half + 2}"})  # dies 2 steps after its checkpoint
         diff = max_diff(train(resumed, resumed_dir), ref)
-        good_resume = diff <= resume_tol
+        # the rerun must have restarted from step `half`: a rerun that began again would give the same curve
+        records = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
+        restarts = [r["step"] for r in records if "resumed_from" in r]
+        good_resume = diff <= resume_tol and restarts == [half]
         export_check = check_export(resumed_dir / "hf", args.cpu)
         ok &= good_resume and export_check.startswith("PASS")
-        print(f"\nResume after a kill at step {half + 2} (checkpoint at {half}): max abs loss diff vs the "
-              f"uninterrupted run {diff:.2e} (tol {resume_tol:g}): **{'PASS' if good_resume else 'FAIL'}**. "
+        print(f"\nResume after a kill at step {half + 2} (checkpoint at {half}; restarts from steps {restarts}): max "
+              f"abs loss diff vs the uninterrupted run {diff:.2e} (tol {resume_tol:g}): "
+              f"**{'PASS' if good_resume else 'FAIL'}**. "
               f"Export reload: **{export_check}**.\n")
     mfu = [sys.executable, str(ROOT / "bench" / "gpu_mfu.py"), "--max-batch"]
     mfu += (["--cpu", "--size", "tiny", "--steps", "6", "--warmup", "2", "--compile", "off", "--batch-limit", "8"]

@@ -110,6 +110,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_resumed(run_dir: Path, steps: list[int]) -> None:
+    """The run restarted from checkpoints of exactly these steps, and no step up to a resume point was trained twice
+    (a restart that ignored its checkpoint and began again would log them again)."""
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records if "resumed_from" in r] == steps, records
+    trained = [r["step"] for r in records if "loss" in r]
+    for step in steps:
+        again = [s for s in trained if s <= step]
+        assert len(again) == len(set(again)), f"steps up to {step} were trained twice: {sorted(again)}"
+
+
 def train_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir) if "loss" in r]
 

@@ -67,6 +67,7 @@ def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
     for strategy in ("full_shard", "shard_grad_op", "offload", "hybrid_shard", "no_shard"):
         assert re.search(rf"^\| {strategy} \| 6 \| .* \| PASS \|$", out, re.M), out
     assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
+    assert "(checkpoint at 3; restarts from steps [3])" in out  # the rerun really resumed
     assert re.search(r"doc_masking=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
     assert re.search(r"lora.enabled=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
     assert "largest micro-batch that fits" in out and out.rstrip().endswith("**GPU check: PASS**")

@@ -159,6 +159,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
     if env.is_main and cfg.logger.wandb:
         tracker = tracking.start(cfg.logger, run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()))
     sink = MetricsSink(run_dir, t.steps, state.step, t.progress_bar, env.is_main, tracker)
+    if resume_from is not None:  # in the metrics too: where each start of the run began (tests and gpu_check read it)
+        sink.write({"step": state.step, "resumed_from": str(resume_from)})
 
     def validate_and_log(step: int) -> float:
         losses = validation_losses(model, val_streams, t, env, amp, eos_id, byte_table)
