@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ROOT, TINY, rank_env, read_metrics, run_cli, run_tiny
+from conftest import ROOT, TINY, compose_cfg, rank_env, read_metrics, run_cli, run_tiny
 from cpt.model.tokenizer import ByteTokenizer
 
 FULL = pytest.mark.full  # the full tier (make test-full)
@@ -62,22 +62,46 @@ def test_run_exports_and_evaluate_reproduces_its_validation_loss(trained, tmp_pa
 
 
 @FULL
-def test_evaluate_reports_gain_and_forgetting_for_both_models(trained, tmp_path):
-    """Base = an export of the untrained model (1 step at lr 1e-9) vs the trained export: both models are in the
-    report, and the domain shows the gain. (Two sets, domain and general: tests/test_smollm2.py.)"""
-    base = run_tiny(tmp_path, "base", ["trainer.steps=1", "optim.lr=1e-9", "trainer.nproc_per_node=2",
-                                       "trainer.micro_batch_size=2"])
+def test_evaluate_reports_gain_and_forgetting_as_the_run_measured_them(tmp_path):
+    """Two sources: `domain` (the sample text, trained on) and `general` (the same paragraphs with their words
+    reversed, weight 0: validated, never trained on). Base = an export of the untrained model (1 step at lr 1e-9). cpt.evaluate of base
+    vs trained must give, per source, the losses the run itself measured at step 0 and at its end, and the change
+    in perplexity exp(final - step 0) - 1: a gain on the domain where it is negative, forgetting on general where it
+    is positive."""
+    import math
+
+    from cpt.config.schema import to_run_config
+    from cpt.data.prepare import prepare
+
+    rows = [json.loads(line) for line in (ROOT / "cpt" / "assets" / "sample.jsonl").read_text().splitlines()]
+    (tmp_path / "domain.jsonl").write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    (tmp_path / "general.jsonl").write_text("".join(json.dumps({"text": " ".join(reversed(r["text"].split()))}) + "\n" for r in rows))
+    data = ["data.name=two", f"data.root={tmp_path / 'data'}", "data.val_fraction=0.3",
+            f"data.sources=[{{name: domain, paths: [{tmp_path / 'domain.jsonl'}]}}, "
+            f"{{name: general, paths: [{tmp_path / 'general.jsonl'}], weight: 0}}]"]
+    prepare(to_run_config(compose_cfg(["model=tiny", "data=sample", *data])))
+    ranks = ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2"]  # validation: 8 windows of 32 per source
+    trained = run_tiny(tmp_path, "run", [*data, *ranks, "trainer.steps=20", "optim.warmup_steps=2"])
+    base = run_tiny(tmp_path, "base", [*data, *ranks, "trainer.steps=1", "optim.lr=1e-9"])
     out = tmp_path / "eval"
-    proc = run_cli(["data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", f"+models.base={base / 'hf'}",
-                    f"+models.trained={trained / 'hf'}", "seq_len=32", "max_tokens=512", "num_threads=1",
-                    f"out={out}", f"hydra.run.dir={out}"], cwd=tmp_path, module="cpt.evaluate")
+    proc = run_cli(["data=sample", *data, f"+models.base={base / 'hf'}", f"+models.trained={trained / 'hf'}",
+                    "seq_len=32", "max_tokens=256", "num_threads=1", f"out={out}", f"hydra.run.dir={out}"],
+                   cwd=tmp_path, module="cpt.evaluate")
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads((out / "report.json").read_text())
-    assert set(report["results"]) == {"base", "trained"} and report["baseline"] == "base"
-    change = report["changes"]["trained"]["sample"]
-    assert change["kind"] == "gain" and change["ppl_change"] < -0.3
+    validations = [r for r in read_metrics(trained) if "val_loss" in r]
+    first, last = validations[0], validations[-1]
+    assert first["step"] == 0 and report["domain"] == "domain"
+    for source, kind_if_up in (("domain", "loss"), ("general", "forgetting")):
+        step0, final = first[f"val_loss/{source}"], last[f"val_loss/{source}"]
+        assert report["results"]["base"][source]["loss"] == pytest.approx(step0, abs=1e-4)
+        assert report["results"]["trained"][source]["loss"] == pytest.approx(final, abs=1e-4)
+        change = report["changes"]["trained"][source]
+        assert change["ppl_change"] == pytest.approx(math.exp(final - step0) - 1, rel=1e-3, abs=1e-4)
+        assert change["kind"] == (kind_if_up if change["ppl_change"] > 0 else "gain")
+    assert report["changes"]["trained"]["domain"]["ppl_change"] < -0.1  # training on it did lower it
     table = (out / "report.md").read_text()
-    assert "sample (domain)" in table and "base ppl" in table and "trained vs base" in table
+    assert "domain (domain)" in table and "| general |" in table and "trained vs base" in table
 
 
 CLOZE = [("The licensor grants you a worldwide, royalty-free", ["license", "banana split"], 0),
