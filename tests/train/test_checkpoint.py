@@ -153,15 +153,29 @@ def test_resume_none_and_explicit_path(tmp_path, reference, reference_run):
 
 @FULL
 def test_any_checkpoint_exports_to_transformers(tmp_path):
+    """A checkpoint that is not the latest (step 4 of 6) exports to exactly its own weights; the latest exports to
+    the same model as the run's end-of-run export."""
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     run_dir, _ = run(tmp_path, "e", TWO)
-    proc = run_cli([str(run_dir / "checkpoints" / "step-00000006"), "--out", str(tmp_path / "exp")], cwd=tmp_path,
-                   module="cpt.export")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a = AutoModelForCausalLM.from_pretrained(tmp_path / "exp")
+    ckpts = run_dir / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-00000006"
+    for step in (4, 6):
+        proc = run_cli([str(ckpts / f"step-{step:08d}"), "--out", str(tmp_path / f"exp{step}")], cwd=tmp_path,
+                       module="cpt.export")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = load_file(tmp_path / "exp4" / "model.safetensors")
+    saved = {k.removeprefix("model."): v for k, v in _checkpoint_tensors(ckpts / "step-00000004").items()
+             if k.startswith("model.")}
+    assert set(exported) <= set(saved) and len(exported) > 0
+    for name, tensor in exported.items():
+        assert torch.equal(tensor, saved[name]), name
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "exp6")
     b = AutoModelForCausalLM.from_pretrained(run_dir / "hf")  # the end-of-run export of the same weights
+    c = AutoModelForCausalLM.from_pretrained(tmp_path / "exp4")
     x = torch.tensor([[72, 101, 108, 108, 111, 32, 119]])
     with torch.no_grad():
         assert torch.equal(a(input_ids=x).logits, b(input_ids=x).logits)
-    assert os.path.isfile(tmp_path / "exp" / "tokenizer.json")
+        assert not torch.equal(c(input_ids=x).logits, b(input_ids=x).logits)  # step 4 is another model
+    assert os.path.isfile(tmp_path / "exp4" / "tokenizer.json")

@@ -64,10 +64,10 @@ def test_run_exports_and_evaluate_reproduces_its_validation_loss(trained, tmp_pa
 @FULL
 def test_evaluate_reports_gain_and_forgetting_as_the_run_measured_them(tmp_path):
     """Two sources: `domain` (the sample text, trained on) and `general` (the same paragraphs with their words
-    reversed, weight 0: validated, never trained on). Base = an export of the untrained model (1 step at lr 1e-9). cpt.evaluate of base
-    vs trained must give, per source, the losses the run itself measured at step 0 and at its end, and the change
-    in perplexity exp(final - step 0) - 1: a gain on the domain where it is negative, forgetting on general where it
-    is positive."""
+    reversed, weight 0: validated, never trained on). Base = an export of the untrained model (1 step at lr 1e-9).
+    cpt.evaluate of base vs trained must give, per source, the losses the run itself measured at step 0 and at its
+    end, and the change in perplexity exp(final - step 0) - 1: a gain on the domain where it is negative, forgetting
+    on general where it is positive."""
     import math
 
     from cpt.config.schema import to_run_config
@@ -75,7 +75,8 @@ def test_evaluate_reports_gain_and_forgetting_as_the_run_measured_them(tmp_path)
 
     rows = [json.loads(line) for line in (ROOT / "cpt" / "assets" / "sample.jsonl").read_text().splitlines()]
     (tmp_path / "domain.jsonl").write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
-    (tmp_path / "general.jsonl").write_text("".join(json.dumps({"text": " ".join(reversed(r["text"].split()))}) + "\n" for r in rows))
+    reversed_words = [" ".join(reversed(r["text"].split())) for r in rows]
+    (tmp_path / "general.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in reversed_words))
     data = ["data.name=two", f"data.root={tmp_path / 'data'}", "data.val_fraction=0.3",
             f"data.sources=[{{name: domain, paths: [{tmp_path / 'domain.jsonl'}]}}, "
             f"{{name: general, paths: [{tmp_path / 'general.jsonl'}], weight: 0}}]"]
