@@ -5,6 +5,7 @@ the base and gives the run's own export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -144,3 +145,17 @@ def test_lora_resume_after_sigkill_is_exact_and_checkpoints_hold_adapters_only(t
     b = AutoModelForCausalLM.from_pretrained(ref / "hf")
     with torch.no_grad():
         torch.testing.assert_close(a(input_ids=PROBE).logits, b(input_ids=PROBE).logits, rtol=0, atol=0)
+    # the saved adapter, loaded by peft onto the base the run started from (random init from the run's seed), gives
+    # the merged export's logits
+    from omegaconf import OmegaConf
+
+    from cpt.config.schema import to_run_config
+    from cpt.model.build import build_model
+
+    run_cfg = to_run_config(OmegaConf.load(ref / "config.yaml"))
+    torch.manual_seed(run_cfg.trainer.seed)
+    base = build_model(dataclasses.replace(run_cfg.model, lora=dataclasses.replace(run_cfg.model.lora,
+                                                                                    enabled=False)))
+    adapted = PeftModel.from_pretrained(base, ref / "hf" / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(input_ids=PROBE).logits, b(input_ids=PROBE).logits, rtol=1e-5, atol=1e-5)
