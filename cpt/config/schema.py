@@ -369,6 +369,7 @@ class EvalConfig:
     tasks: List[str] = field(default_factory=list)  # lm-evaluation-harness tasks scored next to perplexity
     task_dirs: List[str] = field(default_factory=list)  # directories of extra task YAMLs (offline tasks)
     task_limit: Optional[int] = None  # documents per task; null = all
+    task_samples: bool = False  # also write each document's scores (per-choice log-likelihoods) per model and task
     device: Device = Device.auto
     num_threads: Optional[int] = None
     out: Optional[str] = None  # report directory; null = the Hydra run directory

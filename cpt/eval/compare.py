@@ -144,7 +144,7 @@ def evaluate(cfg: EvalConfig, out: Path, model_dir: Callable[[str, Path], str] =
         if cfg.tasks:
             start = time.perf_counter()
             task_scores[name] = run_tasks(model, path, cfg.tasks, cfg.task_dirs, cfg.task_limit, cfg.batch_size,
-                                          device)
+                                          device, out / "task_samples" / name if cfg.task_samples else None)
             log.info("%s tasks: %s in %.1f s", name, task_scores[name], time.perf_counter() - start)
         del model
     metric = "bpb" if own_tokens else "ppl"

@@ -10,6 +10,7 @@ harness, with the tokenizer saved next to it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -27,8 +28,10 @@ LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "perpl
 
 
 def run_tasks(model: torch.nn.Module, model_dir: str, tasks: list[str], task_dirs: list[str], limit: Optional[int],
-              batch_size: int, device: torch.device) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} for one model; stderr entries are dropped."""
+              batch_size: int, device: torch.device, samples_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} for one model; stderr entries are dropped. `samples_dir`: also write what the harness
+    scored per document, <samples_dir>/<task>.jsonl (the document, its target, each request's response: for a
+    multiple-choice task the log-likelihood of every choice and whether it is the greedy continuation)."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -49,11 +52,25 @@ def run_tasks(model: torch.nn.Module, model_dir: str, tasks: list[str], task_dir
                         "`lm-eval ls tasks` lists them")
     lm = HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(model_dir), batch_size=batch_size,
               device=str(device))
-    out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
-                          bootstrap_iters=0)
+    out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                          log_samples=samples_dir is not None, bootstrap_iters=0)
+    if samples_dir is not None:
+        write_samples(out["samples"], samples_dir)
     return {task: {key.split(",")[0]: float(v) for key, v in metrics.items()
                    if "," in key and "_stderr" not in key and isinstance(v, (int, float))}
             for task, metrics in out["results"].items()}
+
+
+def write_samples(samples: dict[str, list[dict]], samples_dir: Path) -> None:
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    for task, docs in samples.items():
+        with open(samples_dir / f"{task}.jsonl", "w", encoding="utf-8") as f:
+            for s in docs:
+                record = {"doc_id": s["doc_id"], "doc": s["doc"], "target": s["target"],
+                          "responses": [r[0] if isinstance(r, (list, tuple)) and len(r) == 1 else r
+                                        for r in s["resps"]]}
+                f.write(json.dumps(record, default=str) + "\n")
+    log.info("per-document task scores in %s", samples_dir)
 
 
 def primary_metric(metrics: dict[str, float]) -> Optional[str]:

@@ -113,7 +113,8 @@ CLOZE = [("The licensor grants you a worldwide, royalty-free", ["license", "bana
 
 def test_evaluate_scores_a_local_harness_task_as_computed_by_hand(trained, tmp_path):
     """`tasks=[...]` runs lm-evaluation-harness on the exported model: a multiple-choice task written here (YAML +
-    JSONL, offline) scores acc / acc_norm equal to a hand computation of the choices' log-likelihoods."""
+    JSONL, offline) scores every choice's log-likelihood (task_samples) and acc / acc_norm equal to a hand
+    computation."""
     import math
 
     import yaml
@@ -130,20 +131,25 @@ def test_evaluate_scores_a_local_harness_task_as_computed_by_hand(trained, tmp_p
     out = tmp_path / "eval"
     proc = run_cli(["data=sample", "data.root=${oc.env:CPT_TEST_DATA_ROOT}", f"+models.trained={trained / 'hf'}",
                     "seq_len=32", "max_tokens=256", "num_threads=1", "tasks=[cpt_test_cloze]", f"task_dirs=[{tasks}]",
-                    f"out={out}", f"hydra.run.dir={out}"], cwd=tmp_path, module="cpt.evaluate")
+                    "task_samples=true", f"out={out}", f"hydra.run.dir={out}"], cwd=tmp_path, module="cpt.evaluate")
     assert proc.returncode == 0, proc.stderr[-4000:]
     scores = json.loads((out / "report.json").read_text())["tasks"]["trained"]["cpt_test_cloze"]
 
     model = AutoModelForCausalLM.from_pretrained(trained / "hf", dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(trained / "hf")
+    samples = [json.loads(line) for line in
+               (out / "task_samples" / "trained" / "cpt_test_cloze.jsonl").read_text().splitlines()]
+    assert [s["doc_id"] for s in samples] == list(range(len(CLOZE)))
     acc = acc_norm = 0
-    for question, choices, answer in CLOZE:
+    for (question, choices, answer), sample in zip(CLOZE, samples):
         lls = []
         for choice in choices:
             context, whole = tok.encode(question), tok.encode(question + " " + choice)
             with torch.no_grad():
                 logp = torch.log_softmax(model(input_ids=torch.tensor([whole[:-1]])).logits[0], -1)
             lls.append(sum(logp[i - 1, whole[i]].item() for i in range(len(context), len(whole))))
+        harness = [response[0] for response in sample["responses"]]  # (log-likelihood, is greedy) per choice
+        assert harness == pytest.approx(lls, abs=1e-4), (question, harness, lls)
         acc += max(range(len(choices)), key=lambda i: lls[i]) == answer
         acc_norm += max(range(len(choices)), key=lambda i: lls[i] / len(" " + choices[i])) == answer
     assert math.isclose(scores["acc"], acc / len(CLOZE)) and math.isclose(scores["acc_norm"], acc_norm / len(CLOZE))
