@@ -249,9 +249,8 @@ def test_a_big_pdf_read_in_page_ranges_gives_the_same_output(tmp_path):
 def test_shards_converted_apart_then_finished_give_the_local_output(tmp_path):
     """The Slurm path without Slurm: the plan, each array task's shard (3 shards, one with a PDF's page ranges and
     a bad file), then the finishing prepare reading them back == a local prepare, byte for byte."""
-    from cpt.data.publish import file_tasks, fingerprint, work_dir
-    from cpt.data.slurm_prepare import ConvertShard, _load_or_write_plan
-    from cpt.model.tokenizer import build_tokenizer, identity
+    from cpt.data.publish import make_plan, work_dir
+    from cpt.data.slurm_prepare import ConvertShard, _finish, _load_or_write_plan
 
     src = tmp_path / "src"
     src.mkdir()
@@ -264,17 +263,14 @@ def test_shards_converted_apart_then_finished_give_the_local_output(tmp_path):
     local = prepare(data_cfg(tmp_path / "local", sources, *extra))
 
     cfg = data_cfg(tmp_path / "slurm", sources, *extra, "data.executor=slurm", "data.slurm.shards=3")
-    from cpt.data.convert import expand_paths
-
-    files = {s.name: expand_paths(s.paths, "paths") for s in cfg.data.sources}
-    tasks = file_tasks(cfg.data, files)
-    work = work_dir(cfg.data, fingerprint(cfg.data, identity(build_tokenizer(cfg.model)), files))
+    tasks = make_plan(cfg).tasks
+    work = work_dir(cfg.data, make_plan(cfg).fingerprint)
     work.mkdir(parents=True)
     plan = _load_or_write_plan(tasks, work, 3)
     assert len(plan["units"]) > len(tasks)  # the PDF is cut into page ranges
     for k in range(3):
         ConvertShard()(tasks, work, k, 3, 1)
-    finished = prepare(cfg, converted=work)
+    finished = _finish(cfg, work)  # what the last Slurm job runs
     assert prepared_tree(finished) == prepared_tree(local)
 
 
