@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_cfg
+from conftest import compose_cfg, read_metrics, run_tiny
 from cpt.config.schema import OptimConfig, Schedule, to_run_config
 from cpt.model.build import build_model
-from cpt.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from cpt.train.optim import lr_factor, param_groups
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings():
@@ -54,15 +54,16 @@ def test_constant_after_warmup():
     assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and set(f[4:]) == {1.0}
 
 
-def test_scheduler_steps_once_per_optimizer_step():
-    cfg = OptimConfig(lr=1.0, schedule=Schedule.cosine, min_lr_ratio=0.0)
-    p = torch.nn.Parameter(torch.zeros(2, 2))
-    p.grad = torch.zeros(2, 2)
-    opt = build_optimizer(torch.nn.Linear(2, 2), cfg)
-    sched = build_scheduler(opt, cfg, total_steps=3)
-    seen = []
-    for _ in range(3):
-        seen.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
-    assert seen == pytest.approx([1.0, 0.5, 0.0])
+def test_training_steps_the_schedule_once_per_optimizer_step(tmp_path):
+    """A real run with gradient accumulation (2 micro-steps per optimizer step) logs, at every step s, the LR of
+    the update made at optimizer step s - 1 of its schedule: stepping per micro-step, or not at all, shows."""
+    from omegaconf import OmegaConf
+
+    run_dir = run_tiny(tmp_path, "r", ["trainer.grad_accum=2", "trainer.micro_batch_size=2", "optim=cosine",
+                                       "optim.warmup_steps=2", "optim.min_lr_ratio=0.1"])
+    cfg = to_run_config(OmegaConf.load(run_dir / "config.yaml"))
+    lrs = [(r["step"], r["lr"]) for r in read_metrics(run_dir) if "lr" in r]
+    assert [s for s, _ in lrs] == list(range(1, cfg.trainer.steps + 1))
+    for step, lr in lrs:
+        assert lr == pytest.approx(cfg.optim.lr * lr_factor(step - 1, cfg.optim, cfg.trainer.steps), rel=1e-6), step
+    assert lrs[-1][1] == pytest.approx(cfg.optim.lr * 0.1)  # the last update uses the floor
