@@ -96,6 +96,38 @@ def test_state_restores_the_exact_next_batches_without_replay(tmp_path):
     assert [starts_of(fresh.next_batches(), 16) for _ in range(5)] == expected
 
 
+def test_resuming_costs_the_same_at_any_step(tmp_path, monkeypatch):
+    """O(1) resume, counted: restoring a position and serving its next step reads the same number of windows and
+    draws the same number of permutations at step 37 as at step 20,000 (a loader that replayed its batches
+    to get there would read and draw in proportion to the step); the state is the same few integers."""
+    import cpt.data.loader as loader_module
+
+    legal = make_stream(tmp_path, "legal", np.arange(16 * 50 + 1))
+    general = make_stream(tmp_path, "general", 30000 + np.arange(16 * 50 + 1))
+    streams, weights = {"legal": legal, "general": general}, {"legal": 0.7, "general": 0.3}
+    calls = Counter()
+    read, randperm = TokenStream.read, torch.randperm
+    monkeypatch.setattr(TokenStream, "read", lambda self, *a: (calls.update(["read"]), read(self, *a))[1])
+    monkeypatch.setattr(loader_module.torch, "randperm", lambda *a, **k: (calls.update(["perm"]), randperm(*a, **k))[1])
+
+    def cost_of_resuming_at(state: dict) -> Counter:
+        calls.clear()
+        fresh = loader(streams, weights)
+        fresh.load_state_dict(state)
+        fresh.next_batches()
+        return Counter(calls)
+
+    ref = loader(streams, weights)
+    for _ in range(37):
+        ref.next_batches()
+    near = ref.state_dict()
+    far = {"step": 20_000, "consumed": {"legal": 14_013, "general": 5_987}}
+    for cost in (cost_of_resuming_at(near), cost_of_resuming_at(far)):
+        # one step of 4 windows: 4 reads, at most one permutation per source (the one its position falls in)
+        assert cost["read"] == 4 and 1 <= cost["perm"] <= 2, cost
+    assert near.keys() == far.keys() and near["consumed"].keys() == far["consumed"].keys()
+
+
 def test_source_too_small_for_one_window_is_an_error(tmp_path):
     stream = make_stream(tmp_path, "tiny", np.arange(10))
     with pytest.raises(ValueError, match="trainer.seq_len"):
