@@ -110,6 +110,42 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def read_wandb_offline(run_dir: Path) -> list[dict]:
+    """Every start of a run's offline W&B log, oldest first: {"run": (group, name, id), "config": {key: value},
+    "history": [{key: value}]}. wandb ships no reader of its `.wandb` files: a LevelDB-style log of 32 KiB blocks,
+    each record <crc32:4><length:2><type:1> (1 full, 2 first, 3 middle, 4 last) of a protobuf Record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    starts = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        data, pos, payloads, pending = path.read_bytes(), 7, [], b""  # after the ':W&B' + version header
+        while pos + 7 <= len(data):
+            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+                pos += 32768 - pos % 32768
+                continue
+            length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+            payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            if kind in (1, 2):
+                pending = payload
+            elif kind in (3, 4):
+                pending += payload
+            if kind in (1, 4):
+                payloads.append(pending)
+        start = {"run": None, "config": {}, "history": []}
+        for raw in payloads:
+            record = pb.Record()
+            record.ParseFromString(raw)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                start["run"] = (record.run.run_group, record.run.display_name, record.run.run_id)
+                start["config"].update({u.key: json.loads(u.value_json) for u in record.run.config.update})
+            elif kind == "history":
+                start["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                         for i in record.history.item})
+        starts.append(start)
+    return starts
+
+
 def assert_resumed(run_dir: Path, steps: list[int]) -> None:
     """The run restarted from checkpoints of exactly these steps, and no step up to a resume point was trained twice
     (a restart that ignored its checkpoint and began again would log them again)."""

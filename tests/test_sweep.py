@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import TINY, rank_env, read_metrics, run_sweep
+from conftest import TINY, rank_env, read_metrics, read_wandb_offline, run_sweep
 
 pytestmark = pytest.mark.full  # the full tier: make test-full
 
@@ -44,6 +44,15 @@ def test_wandb_offline_one_run_per_job(local_sweep):
         assert (local_sweep / job / "wandb").is_dir() and list(runs[0].glob("run-*.wandb"))
     ids = {next((local_sweep / j / "wandb").glob("offline-run-*")).name.rsplit("-", 1)[1] for j in ("0", "1")}
     assert len(ids) == 2
+    # what each W&B run holds: group = the sweep, name = the job's overrides, the job's resolved config, and the
+    # same numbers as its metrics.jsonl
+    for job, lr, swept in (("0", 1e-3, "optim.lr=0.001"), ("1", 3e-3, "optim.lr=0.003")):
+        (start,) = read_wandb_offline(local_sweep / job)
+        group, name, run_id = start["run"]
+        assert group == str(local_sweep) and swept in name.split(",") and run_id in ids, start["run"]
+        assert start["config"]["optim"]["lr"] == lr and start["config"]["trainer"]["steps"] == 6
+        logged = {(row["_step"], row["loss"]) for row in start["history"] if "loss" in row}
+        assert logged == {(r["step"], r["loss"]) for r in read_metrics(local_sweep / job) if "loss" in r}
 
 
 def test_report_matches_the_metrics_and_draws_valid_pngs(local_sweep):
