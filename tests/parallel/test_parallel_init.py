@@ -25,3 +25,27 @@ def test_meta_built_rank_buffers_are_rank0s_and_where_compute_runs(tmp_path):
             assert device == received["compute_device"], (fsdp, name, device)
             assert torch.equal(value, built["buffers"][name][1]), (fsdp, name)
         assert "meta" not in received["param_devices"], fsdp
+
+
+def test_only_rank_0_reads_pretrained_weights(tmp_path):
+    """A pretrained model (the tiny architecture, saved with save_pretrained) built by 2 ranks whose
+    from_pretrained raises on rank 1: rank 1 builds on meta and receives rank 0's weights, so both give the
+    saved model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import TINY, compose_cfg
+    from cpt.config.schema import to_run_config
+    from cpt.model.build import build_model
+
+    torch.manual_seed(1)
+    build_model(to_run_config(compose_cfg(TINY)).model).save_pretrained(tmp_path / "pretrained")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(ROOT / "tests" / "helpers" / "rank0_reads_probe.py"), str(tmp_path),
+                           str(tmp_path / "pretrained")], env=rank_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "pretrained").eval()
+    with torch.no_grad():
+        expected = reference(input_ids=torch.arange(12).reshape(1, 12)).logits
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(tmp_path / f"logits{rank}.pt", weights_only=True), expected,
+                                   rtol=1e-5, atol=1e-5)
