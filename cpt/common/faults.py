@@ -1,6 +1,8 @@
 """Fault injection for the resilience tests, driven by environment variables (unset in normal runs):
 
   CPT_FAULT_KILL=<rank>:<step>      that rank SIGKILLs itself after finishing optimizer step <step>
+  CPT_FAULT_RAISE=<rank>:<step>     that rank raises an error after optimizer step <step> (the others go on into
+                                    the next step's collectives)
   CPT_FAULT_CRASH_IN_SAVE=<step>    rank 0 SIGKILLs itself while the checkpoint of <step> is written (shards on
                                     disk, not yet published)
   CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
@@ -31,6 +33,12 @@ def maybe_kill(step: int, rank: int) -> None:
     spec = _get("CPT_FAULT_KILL")
     if spec and spec[0] == rank and spec[1] == step:
         _die()
+
+
+def maybe_raise(step: int, rank: int) -> None:
+    spec = _get("CPT_FAULT_RAISE")
+    if spec and spec[0] == rank and spec[1] == step:
+        raise RuntimeError(f"CPT_FAULT_RAISE: rank {rank} fails after step {step} on purpose")
 
 
 def maybe_crash_in_save(step: int, rank: int) -> None:

@@ -211,6 +211,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             ckpt.save(done)
             throughput.resume()
         faults.maybe_kill(done, env.rank)
+        faults.maybe_raise(done, env.rank)
         faults.maybe_slow()
     ckpt.wait()
     sink.close()

@@ -148,3 +148,17 @@ def test_bf16_on_cpu_warns_and_keeps_fp32_master_weights(tmp_path, reference):
     assert state == next(r["state_mib"] for r in reference if "state_mib" in r)  # fp32 params + fp32 Adam state
     losses, ref = train_losses(run_dir), [r["loss"] for r in reference if "loss" in r]
     assert losses[0] != ref[0] and abs(losses[0] - ref[0]) < 0.05  # bf16 compute: close, not identical
+
+
+def test_one_rank_failing_alone_ends_the_run(tmp_path):
+    """Rank 1 raises after step 2 while rank 0 goes on into step 3's collectives: the run ends (no rank waits for
+    the process-group timeout) with a non-zero status and rank 1's error, and nothing after step 2 is published."""
+    run_dir = tmp_path / "r"
+    env = {**rank_env(), "CPT_FAULT_RAISE": "1:2"}
+    proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, "trainer.nproc_per_node=2",
+                           "trainer.micro_batch_size=2", "checkpoint.interval=1", f"hydra.run.dir={run_dir}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "CPT_FAULT_RAISE: rank 1 fails after step 2 on purpose" in proc.stderr, proc.stderr[-3000:]
+    assert max(r["step"] for r in read_metrics(run_dir) if "loss" in r) <= 3
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000002" and not (run_dir / "hf").exists()
