@@ -146,7 +146,7 @@ class Checkpointer:
         self.model, self.optimizer, self.states = model, optimizer, states
         # LoRA: frozen base weights are not saved; they come back from where the run built them
         self.options = StateDictOptions(ignore_frozen_params=True, strict=False) if trainable_only else None
-        self.pending: Optional[tuple[Any, Path, int]] = None  # (future, tmp dir, step) of an async save
+        self.pending: Optional[tuple[Any, Path, int, float]] = None  # (future, tmp dir, step, start) of an async save
         # an async save runs collectives from a background thread: they need their own group, or they interleave
         # with training's collectives on the default one
         self.group = dist.new_group(backend="gloo") if cfg.async_save else None
@@ -186,7 +186,7 @@ class Checkpointer:
         if self.cfg.async_save:
             future = dcp.async_save(sharded, checkpoint_id=str(tmp), process_group=self.group,
                                     async_stager=self.stager)
-            self.pending = (future, tmp, step)
+            self.pending = (future, tmp, step, start)
             log.info("checkpoint %s: staged in %.2f s, writing in the background", step_name(step),
                      time.perf_counter() - start)
         else:
@@ -226,32 +226,50 @@ class Checkpointer:
             model_sd = {k: v for k, v in model_sd.items() if k not in frozen}
         return {"model": model_sd, "optim": optim_sd}
 
-    def wait(self) -> None:
-        """Complete an asynchronous save (every rank), then publish it."""
-        if self.pending is None:
+    def poll(self) -> None:
+        """Every step: rank 0 publishes an asynchronous save as soon as its write is complete, so a crash after that
+        resumes from it. No collective: rank 0's future completes only after every rank's shards are written (DCP
+        gathers the ranks' write results before it writes .metadata), and the other files were written before."""
+        if self.rank != 0 or self.pending is None or not self.pending[0].done():
             return
-        future, tmp, step = self.pending
+        future, tmp, step, start = self.pending
         self.pending = None
-        start = time.perf_counter()
-        future.result()
-        self._finish(tmp, step, start)
+        future.result()  # a failed write raises here
+        self._publish(tmp, step, start)
+
+    def wait(self) -> None:
+        """Complete an asynchronous save on every rank (rank 0 publishes it, unless poll did already). Collective
+        whenever saves are asynchronous, pending or not, so that every rank makes the same calls."""
+        if not self.cfg.async_save:
+            return
+        if self.pending is not None:
+            future, tmp, step, start = self.pending
+            self.pending = None
+            future.result()
+            if self.rank == 0:
+                self._publish(tmp, step, start)
+        dist.barrier()
 
     def _finish(self, tmp: Path, step: int, start: float) -> None:
         dist.barrier()  # every rank's shard is on disk
-        faults.maybe_crash_in_save(step, self.rank)
         if self.rank == 0:
-            final = self.root / step_name(step)
-            (tmp / META).write_text(json.dumps({"step": step, "world_size": self.world,
-                                                "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": self.plan}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            marker = self.root / f".{LATEST}.tmp"
-            marker.write_text(final.name)
-            os.replace(marker, self.root / LATEST)
-            self._prune()
-            log.info("checkpoint %s saved in %.2f s", final, time.perf_counter() - start)
+            self._publish(tmp, step, start)
         dist.barrier()
+
+    def _publish(self, tmp: Path, step: int, start: float) -> None:
+        """Rank 0: the complete checkpoint in `tmp` becomes step-N, then `latest` points at it; old ones go."""
+        faults.maybe_crash_in_save(step, self.rank)
+        final = self.root / step_name(step)
+        (tmp / META).write_text(json.dumps({"step": step, "world_size": self.world,
+                                            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "plan": self.plan}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        marker = self.root / f".{LATEST}.tmp"
+        marker.write_text(final.name)
+        os.replace(marker, self.root / LATEST)
+        self._prune()
+        log.info("checkpoint %s saved in %.2f s", final, time.perf_counter() - start)
 
     def _prune(self) -> None:
         complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p))

@@ -205,6 +205,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             throughput.pause()
             val_loss = validate_and_log(done)
             throughput.resume()
+        ckpt.poll()  # an asynchronous save is published as soon as it is written
         if ckpt.due(done, t.steps):
             throughput.pause()
             guard.check(done)  # under on_nonfinite=stop a skipped update stops the run before it is saved

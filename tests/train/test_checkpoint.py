@@ -101,12 +101,16 @@ def test_resharded_resume_continues_the_curve(tmp_path, reference, first, second
         assert "written by 2 ranks, this run has 1" in (run_dir / "train.log").read_text()
 
 
-def test_async_save_gives_the_same_run_as_sync(tmp_path, reference):
-    run_dir, _ = run(tmp_path, "a", [*TWO, "checkpoint.async_save=true"], {"CPT_FAULT_KILL": "0:5"}, ok=False)
-    # step 4 was still being written in the background when rank 0 died: step 2 is the latest complete one
-    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000002"
+def test_async_save_is_published_once_written_and_a_kill_after_it_resumes_from_it(tmp_path, reference):
+    """Steps take >= 1 s (a slow-step fault), so step 4's background write is complete during step 5: rank 0
+    publishes it then, and a SIGKILL after step 5 resumes from step 4 (a save published only at the next save was
+    deleted as partial on restart, and the run fell back to step 2). The rerun equals the uninterrupted run."""
+    slow = {"CPT_FAULT_SLOW": "1"}
+    run_dir, _ = run(tmp_path, "a", [*TWO, "checkpoint.async_save=true"], {**slow, "CPT_FAULT_KILL": "0:5"}, ok=False)
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000004"
     run(tmp_path, "a", [*TWO, "checkpoint.async_save=true"])
-    assert_resumed(run_dir, [2])
+    assert "removing the partial checkpoint" not in (run_dir / "train.log").read_text()
+    assert_resumed(run_dir, [4])
     assert curve(run_dir) == reference
 
 
