@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,34 @@ def test_decorated_mains_pickle_for_submitit():
     task = run.main.__wrapped__  # what @hydra.main hands to the launcher: the @user_errors-wrapped function
     restored = cloudpickle.loads(cloudpickle.dumps(task))
     assert restored.__name__ == "main" and restored.__wrapped__ is not None
+
+
+def test_a_requeueing_slurm_sweep_without_periodic_checkpoints_is_refused_before_submission(tmp_path):
+    """Checked by the submitting process (no cluster needed: nothing is queued)."""
+    proc = cli("cpt.run", ["-m", "hydra/launcher=slurm", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path / 's'}"],
+               tmp_path)
+    line = error_line(proc)
+    assert "checkpoint.interval" in line and "max_num_timeout=3" in line and "start again from step 0" in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_slurm_sweeps_are_submitted_with_kill_on_bad_exit(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from cpt.parallel.launch import SweepChecks
+
+    def config(target, interval=2):
+        return OmegaConf.create({"hydra": {"launcher": {"_target_": target, "max_num_timeout": 3}},
+                                 "checkpoint": {"interval": interval}})
+
+    slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    monkeypatch.delenv("SLURM_KILL_BAD_EXIT", raising=False)
+    SweepChecks().on_multirun_start(config("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"))
+    assert "SLURM_KILL_BAD_EXIT" not in os.environ
+    SweepChecks().on_multirun_start(config(slurm))
+    assert os.environ["SLURM_KILL_BAD_EXIT"] == "1"
+    monkeypatch.setenv("SLURM_KILL_BAD_EXIT", "0")  # the user's explicit choice stays
+    SweepChecks().on_multirun_start(config(slurm))
+    assert os.environ["SLURM_KILL_BAD_EXIT"] == "0"
+    with pytest.raises(SystemExit):
+        SweepChecks().on_multirun_start(config(slurm, interval=0))

@@ -29,7 +29,7 @@ def cluster():
 
 
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
-         "trainer.micro_batch_size=2"]
+         "checkpoint.interval=2", "trainer.micro_batch_size=2"]  # requeueing launchers need periodic checkpoints
 
 
 def sweep(tmp_path: Path, extra: list[str], env: dict | None = None, wait=True):
@@ -138,6 +138,19 @@ def test_cancelled_job_fails_the_sweep_promptly(tmp_path):
     out, err = proc.communicate(timeout=180)
     assert proc.returncode != 0 and time.time() - start < 120
     assert "CANCELLED" in err or "cancel" in err.lower()
+
+
+def test_a_rank_that_fails_ends_the_whole_job_promptly(tmp_path):
+    """Rank 1 raises after step 2 while rank 0 is busy for 5 minutes in no collective (a stall fault): srun ends
+    the whole step (cpt.run submits its jobs with SLURM_KILL_BAD_EXIT=1) and the sweep fails within a couple of
+    minutes of scheduling, not when rank 0 next reaches a collective (or the process group's 30-minute timeout)."""
+    start = time.time()
+    proc = sweep(tmp_path, [], env={"CPT_FAULT_RAISE": "1:2", "CPT_FAULT_STALL": "0:2:300"}, wait=False)
+    out, err = proc.communicate(timeout=600)
+    elapsed = time.time() - start
+    logs = submitit_logs(tmp_path / "sweep")
+    assert proc.returncode != 0 and "CPT_FAULT_RAISE: rank 1 fails after step 2" in logs, f"{err[-2000:]}\n{logs}"
+    assert elapsed < 150, f"the job ended {elapsed:.0f} s after submission: rank 0 was not stopped\n{logs}"
 
 
 def test_prepare_as_a_job_array_resumes_failed_shards_and_matches_the_local_output(tmp_path):

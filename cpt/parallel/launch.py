@@ -13,7 +13,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from cpt.config.schema import Device
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cpt.common.errors import fail
+from cpt.config.schema import ConfigError, Device
 from cpt.parallel import distributed
 
 log = logging.getLogger("cpt.run")
@@ -65,3 +69,25 @@ def share_run_stamp() -> None:
     os.environ["CPT_RUN_STAMP"] = stamp[0]
     if dist.get_rank() != 0:
         sys.argv += ["hydra.output_subdir=null", "hydra/hydra_logging=disabled"]
+
+
+class SweepChecks(Callback):
+    """Hydra callback (conf/config.yaml), run once by the process that submits a `-m` sweep, before any job is queued:
+    - Slurm launchers start ranks with srun, whose default leaves the other ranks of a step waiting in a collective
+      (up to the process group's 30-minute timeout) when one rank exits with an error: the jobs are submitted with
+      SLURM_KILL_BAD_EXIT=1 in the environment sbatch passes on, so srun ends the whole step (srun -K). An explicit
+      SLURM_KILL_BAD_EXIT=0 keeps Slurm's default.
+    - A launcher that requeues timed-out jobs (max_num_timeout > 0) restarts them from their latest checkpoint: with
+      checkpoint.interval=0 there is none before the end, and a requeued job would start again from step 0."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        if "Slurm" not in str(launcher.get("_target_", "")):
+            return
+        os.environ.setdefault("SLURM_KILL_BAD_EXIT", "1")
+        requeues = launcher.get("max_num_timeout") or 0
+        if requeues > 0 and config.checkpoint.interval == 0:  # Hydra turns a callback's exception into a warning
+            fail(ConfigError("checkpoint.interval", f"is 0 but hydra.launcher.max_num_timeout={requeues} requeues "
+                             "jobs that reach their time limit, and a requeued job resumes from its latest "
+                             "checkpoint: with none it would start again from step 0. Set checkpoint.interval=<steps> "
+                             "(a few minutes of training), or hydra.launcher.max_num_timeout=0 to not requeue"))

@@ -213,6 +213,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
             throughput.resume()
         faults.maybe_kill(done, env.rank)
         faults.maybe_raise(done, env.rank)
+        faults.maybe_stall(done, env.rank)
         faults.maybe_slow()
     ckpt.wait()
     sink.close()
