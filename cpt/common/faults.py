@@ -8,6 +8,9 @@
                                     disk, not yet published)
   CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
   CPT_FAULT_SLOW=<seconds>          every optimizer step takes at least this long (a long job in a short test)
+  CPT_FAULT_SLOW_EXPORT=<seconds>   writing the end-of-run export takes at least this long (a slow disk or upload)
+  CPT_FAULT_PG_TIMEOUT=<seconds>    the process group's timeout (default 30 minutes): a rank left waiting in a
+                                    collective fails after this long
   CPT_FAULT_CRASH_ON_FILE=<name>    the prepare worker converting a file of that name SIGKILLs itself
                                     (data.num_proc >= 2: with 1 process it is prepare itself that dies)
   CPT_FAULT_FAIL_SHARD=<k>          array task k of a Slurm prepare (data.executor=slurm) fails at its start
@@ -69,6 +72,16 @@ def maybe_slow() -> None:
     seconds = os.environ.get("CPT_FAULT_SLOW")
     if seconds:
         time.sleep(float(seconds))
+
+
+def maybe_slow_export() -> None:
+    seconds = os.environ.get("CPT_FAULT_SLOW_EXPORT")
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def pg_timeout_s(default: float) -> float:
+    return float(os.environ.get("CPT_FAULT_PG_TIMEOUT", default))
 
 
 def maybe_fail_shard(shard: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from cpt.common import faults
 from cpt.config.schema import Device
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def init_process_group(device_type: str) -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     dist.init_process_group(backend=backend_for(device_type), rank=rank, world_size=world,
-                            timeout=timedelta(minutes=30), device_id=device_id)  # device_id: NCCL connects eagerly
+                            timeout=timedelta(seconds=faults.pg_timeout_s(30 * 60)),
+                            device_id=device_id)  # device_id: NCCL connects eagerly
 
 
 def setup(device: Device, num_threads: int | None) -> DistEnv:
@@ -99,10 +101,9 @@ def setup(device: Device, num_threads: int | None) -> DistEnv:
     rank, local_rank, world, local_world = env_world()
     if device_type == "cpu":
         torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
-    else:
+    else:  # CPU work beside the GPU (offloaded optimizer steps, data) gets this rank's share of the cores too
         configure_cuda()
-        if num_threads:
-            torch.set_num_threads(num_threads)
+        torch.set_num_threads(num_threads or max(1, (os.cpu_count() or 1) // local_world))
     init_process_group(device_type)
     dev = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
     return DistEnv(rank, local_rank, world, local_world, dev)

@@ -38,6 +38,8 @@ def launch_local(rank_main: Callable, nproc: int, *args):
         monitor_interval=0.2,
         start_method="spawn",
     )
+    # what torchrun does: spawned ranks would each start one OpenMP thread per core, nproc times oversubscribed
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     log.info("starting %d local ranks", nproc)
     results = elastic_launch(launch, rank_main)(*args)
     return results[0]

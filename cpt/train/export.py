@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from cpt.common import faults
 from cpt.config.schema import RunConfig, to_run_config
 from cpt.model.build import build_model, tied_keys
 from cpt.model.lora import has_lora, merge_lora
 from cpt.model.tokenizer import Tokenizer, build_tokenizer
-from cpt.parallel.distributed import DistEnv
 from cpt.train.checkpoint import clean_name, resolve_resume
 from cpt.train.safe_load import load_dcp
 
@@ -58,24 +59,49 @@ def save_hf(state: dict[str, torch.Tensor], config, generation_config, tokenizer
     tmp.rename(out)
 
 
-def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, env: DistEnv, cfg: RunConfig) -> Optional[Path]:
-    """Collective: every rank calls it; rank 0 writes `out` (LoRA: merged; `export.lora_adapter`: the adapter alone
-    in out/adapter too) and returns it."""
-    state = plain_state_dict(model)
-    if env.is_main:
+@dataclass
+class PendingExport:
+    """What rank 0 needs to write the export once the ranks are gone: the gathered state and the model's configs."""
+
+    state: dict[str, torch.Tensor]
+    config: Any
+    generation_config: Any
+    tokenizer: Tokenizer
+    out: Path
+    cfg: RunConfig
+
+    def write(self) -> Path:
+        """Rank 0, after the process group is closed: slow single-rank work (building a plain model, writing
+        safetensors, a hub upload) never keeps the other ranks waiting in a collective (and timing out)."""
+        faults.maybe_slow_export()
+        out, cfg, state = self.out, self.cfg, self.state
         adapter = out.with_name(f".{out.name}.adapter") if cfg.export.lora_adapter else None
         if adapter is not None:
             shutil.rmtree(adapter, ignore_errors=True)
         if has_lora(state):
-            state = merge_lora(state, model.config, cfg.model.lora, adapter, cfg.model.name_or_path)
-        save_hf(state, model.config, getattr(model, "generation_config", None), tokenizer, out)
+            state = merge_lora(state, self.config, cfg.model.lora, adapter, cfg.model.name_or_path)
+        save_hf(state, self.config, self.generation_config, self.tokenizer, out)
         if adapter is not None:
             adapter.rename(out / "adapter")
         log.info("exported a transformers model directory to %s", out)
         if cfg.export.push_to_hub:
             push(out, cfg.export.push_to_hub, cfg.export.private)
-    dist.barrier()
-    return out if env.is_main else None
+        return out
+
+
+def gather_export(model: nn.Module, tokenizer: Tokenizer, out: Path, cfg: RunConfig) -> Optional[PendingExport]:
+    """Collective: every rank calls it; rank 0 gets the full state (on CPU) to write with PendingExport.write once
+    the process group is gone, the other ranks None."""
+    state = plain_state_dict(model)
+    if state is None:
+        return None
+    return PendingExport(state, model.config, getattr(model, "generation_config", None), tokenizer, out, cfg)
+
+
+def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, cfg: RunConfig) -> Optional[Path]:
+    """gather_export then write at once, for callers that keep their process group (tests); rank 0 returns `out`."""
+    pending = gather_export(model, tokenizer, out, cfg)
+    return pending.write() if pending is not None else None
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:

@@ -33,7 +33,7 @@ from cpt.parallel import distributed
 from cpt.parallel.parallelize import autocast, build_parallel_model, compute_dtype, gradient_sync, log_graph_breaks
 from cpt.train import tracking
 from cpt.train.checkpoint import Checkpointer, read_plan, resolve_resume
-from cpt.train.export import export_model
+from cpt.train.export import PendingExport, gather_export
 from cpt.train.metrics import (
     MetricsSink,
     Throughput,
@@ -107,12 +107,14 @@ def train(cfg: RunConfig, run_dir: Path) -> float:
     """Run as one rank of the job (rank/world from the environment); returns the final validation loss."""
     env = distributed.setup(cfg.trainer.device, cfg.trainer.num_threads)
     setup_logging(run_dir, env.rank)
-    final_val = _train(cfg, run_dir, env)
+    final_val, export = _train(cfg, run_dir, env)
     distributed.teardown()
+    if export is not None:  # rank 0, once no other rank waits for it
+        export.write()
     return final_val
 
 
-def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
+def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> tuple[float, Optional[PendingExport]]:
     t = cfg.trainer
     torch.manual_seed(t.seed)
     tokenizer = build_tokenizer(cfg.model)
@@ -217,9 +219,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> float:
         faults.maybe_slow()
     ckpt.wait()
     sink.close()
-    if cfg.export.enabled:
-        export_model(model, tokenizer, run_dir / cfg.export.dir, env, cfg)
-    return val_loss
+    export = gather_export(model, tokenizer, run_dir / cfg.export.dir, cfg) if cfg.export.enabled else None
+    return val_loss, export
 
 
 def validation_streams(cfg: RunConfig, manifest: dict, env: distributed.DistEnv) -> dict[str, TokenStream]:

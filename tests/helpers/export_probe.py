@@ -32,7 +32,7 @@ loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {"sample": 1.0
                        env.world_size, 0, env.device)
 for _ in range(3):
     train_step(model, optimizer, loader.next_batches(), 1, 1.0)
-export_model(model, tokenizer, out / "hf", env, cfg)
+export_model(model, tokenizer, out / "hf", cfg)
 probe = torch.tensor([tokenizer.encode("Permission is hereby granted, free of charge, to any person")])
 with torch.no_grad():
     logits = model(input_ids=probe).logits

@@ -196,3 +196,16 @@ def test_push_to_hub_offline_fails_with_what_to_do(tmp_path):
     (tmp_path / "hf").mkdir()
     with pytest.raises(RuntimeError, match="The export itself is complete .* `hf upload user/model "):
         push(tmp_path / "hf", "user/model", private=True)
+
+
+@FULL
+def test_a_slow_export_keeps_no_rank_waiting(tmp_path):
+    """Rank 0 writes the export after the process group is closed: with a 25 s export (a slow disk or upload) and
+    a 10 s process-group timeout, no rank times out in a collective and the export is complete."""
+    env = {**rank_env(), "CPT_FAULT_SLOW_EXPORT": "25", "CPT_FAULT_PG_TIMEOUT": "10"}
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, "trainer.nproc_per_node=2",
+                           "trainer.micro_batch_size=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert AutoModelForCausalLM.from_pretrained(run_dir / "hf") is not None
