@@ -128,6 +128,9 @@ class ModelConfig:
     eos_token: Optional[str] = None
     # stop if a pretrained model's step-0 validation loss is near ln(vocab): its weights were not loaded
     check_weights_loaded: bool = True
+    # the attention kernel: sdpa | eager | flex_attention | flash_attention_2; null = flex_attention on GPU with
+    # document masking (a block-sparse document mask, no dense S x S mask, no host sync), sdpa otherwise
+    attn_implementation: Optional[str] = None
     arch: ArchConfig = field(default_factory=ArchConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     extend_vocab: VocabExtensionConfig = field(default_factory=VocabExtensionConfig)
@@ -346,6 +349,9 @@ class RunConfig:
     # stops the resume, naming it (cpt.train.resume_plan)
     resume_allow: List[str] = field(default_factory=list)
 
+
+# the attention kernels model.attn_implementation may name (transformers' names)
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 # what a checkpoint records of its run and a resume compares (cpt.train.resume_plan says what each change does)
 RESUME_PLAN_KEYS = ("data", "trainer.seq_len", "global_batch", "trainer.seed", "data.mixture", "trainer.steps",

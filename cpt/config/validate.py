@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cpt.config.schema import RESUME_PLAN_KEYS, ConfigError, DataConfig, EvalConfig, RunConfig, Strategy
+from cpt.config.schema import ATTENTION, RESUME_PLAN_KEYS, ConfigError, DataConfig, EvalConfig, RunConfig, Strategy
 
 
 def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
@@ -24,6 +24,15 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(key, f"must be >= 1, got {value}")
+    attn = cfg.model.attn_implementation
+    if attn not in (None, *ATTENTION):
+        raise ConfigError("model.attn_implementation", f"'{attn}' is not one of {list(ATTENTION)} (or null: the "
+                          "default for the device)")
+    if attn == "flash_attention_2" and t.doc_masking and t.micro_batch_size > 1:
+        raise ConfigError("model.attn_implementation", "flash_attention_2 separates packed documents only at "
+                          f"trainer.micro_batch_size=1 (it is {t.micro_batch_size}): larger micro-batches would "
+                          "attend across documents. Use flex_attention (or null), micro_batch_size=1, or "
+                          "trainer.doc_masking=false")
     unknown = sorted(set(cfg.resume_allow) - set(RESUME_PLAN_KEYS))
     if unknown:
         raise ConfigError("resume_allow", f"{unknown} are not settings a checkpoint records; choose among "

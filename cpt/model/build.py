@@ -38,11 +38,20 @@ def hf_config(cfg: ModelConfig):
     return AutoConfig.for_model(arch.model_type, **values, **arch.extra)
 
 
-def build_model(cfg: ModelConfig, on_meta: bool = False, tokenizer: Optional[Tokenizer] = None) -> nn.Module:
+def attention_implementation(requested: Optional[str], device_type: str, doc_masking: bool) -> str:
+    """model.attn_implementation, or the default: flex_attention on GPU with document masking (a block-sparse
+    document mask, cpt.model.doc_masking), sdpa otherwise (on CPU it is the fast one, and the masking reference)."""
+    if requested is not None:
+        return requested
+    return "flex_attention" if device_type == "cuda" and doc_masking else "sdpa"
+
+
+def build_model(cfg: ModelConfig, on_meta: bool = False, tokenizer: Optional[Tokenizer] = None,
+                attn_implementation: str = "sdpa") -> nn.Module:
     """A plain fp32 causal LM on the CPU, or its empty structure on the meta device, with the embedding rows of the
     tokenizer's added tokens (model.extend_vocab, cpt.model.vocab) and LoRA adapters (model.lora, cpt.model.lora) when
     configured. The caller seeds torch so that random init (and the adapters' init) is reproducible."""
-    model = load_model(cfg, on_meta)
+    model = load_model(cfg, on_meta, attn_implementation)
     if tokenizer is not None:
         extend_embeddings(model, tokenizer.extension)
     if cfg.lora.enabled:
@@ -53,17 +62,17 @@ def build_model(cfg: ModelConfig, on_meta: bool = False, tokenizer: Optional[Tok
     return model
 
 
-def load_model(cfg: ModelConfig, on_meta: bool) -> nn.Module:
+def load_model(cfg: ModelConfig, on_meta: bool, attn_implementation: str = "sdpa") -> nn.Module:
+    kw = {"dtype": torch.float32, "attn_implementation": attn_implementation}
     try:
         if on_meta:
             with torch.device("meta"):
-                return AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+                return AutoModelForCausalLM.from_config(hf_config(cfg), **kw)
         if cfg.random_init:
-            model = AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(hf_config(cfg), **kw)
             log.info("model %s: random init from model.arch", cfg.name)
             return model
-        model, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=torch.float32,
-                                                           output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, output_loading_info=True, **kw)
     except OSError as e:
         raise ModelLoadError(
             f"could not load model '{cfg.name_or_path}' (model.name_or_path): {str(e).strip().splitlines()[0]} "

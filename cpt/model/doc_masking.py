@@ -2,10 +2,14 @@
 
 A training window holds the end of one document, EOS, the next document, EOS, ... With plain causal attention a
 token of document 2 attends to document 1 as if it were its own context. With masking, the position ids restart at
-0 after every EOS; transformers (5.x) then derives from them that the window holds several sequences and builds a
-block-diagonal causal mask for sdpa and eager attention (the model must run with `attention_mask=None` and
-`use_cache=False`), and flash-attention-2 takes its variable-length path on GPU. Each document sees only itself, at
-the positions it would have alone: its logits equal those of the document run on its own.
+0 after every EOS, so each document has the positions it would have alone, and attention stays within documents:
+  flex_attention (the default on GPU): a BlockMask built here from the EOS positions of the micro-batch, causal
+                 within each document; blocks of other documents are skipped, no dense mask exists, no host sync
+  sdpa, eager    (CPU default; the reference): transformers derives a block-diagonal causal mask from the position
+                 ids (a dense batch x 1 x S x S mask; it needs `attention_mask=None` and `use_cache=False`)
+  flash_attention_2: transformers' varlen path from the position ids, at micro-batch size 1 only (validated)
+Each document sees only itself: its logits equal those of the document run on its own (tested for every kernel that
+runs on CPU).
 
 Why: intra-document masking improves language modelling and downstream results at a small cost (Zhao et al. 2024,
 "Analysing The Impact of Sequence Composition on Language Model Pre-Training"), and Llama 3 uses it for continued
@@ -31,7 +35,28 @@ def document_positions(inputs: torch.Tensor, eos_id: int) -> torch.Tensor:
     return index - first
 
 
-def position_ids(inputs: torch.Tensor, eos_id: Optional[int]) -> Optional[torch.Tensor]:
-    """The position ids to pass to the model: document positions when masking (an EOS id given), None otherwise
-    (the model's own 0..seq-1)."""
-    return None if eos_id is None else document_positions(inputs, eos_id)
+def document_mask(inputs: torch.Tensor, eos_id: int):
+    """flex_attention's BlockMask of a (batch, seq) micro-batch: a token attends to the earlier tokens of its own
+    document (documents numbered by the EOS tokens before them), on the inputs' device."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    starts = torch.zeros_like(inputs, dtype=torch.int32)
+    starts[:, 1:] = inputs[:, :-1] == eos_id
+    doc = starts.cumsum(dim=1)
+
+    def same_document_causal(b, h, q, kv):
+        return (doc[b, q] == doc[b, kv]) & (q >= kv)
+
+    batch, seq = inputs.shape
+    return create_block_mask(same_document_causal, batch, None, seq, seq, device=inputs.device)
+
+
+def masking_inputs(model: torch.nn.Module, inputs: torch.Tensor, eos_id: Optional[int]) -> dict:
+    """The keyword arguments of the model's forward for masking: none without an EOS id (plain causal attention);
+    document positions, and for flex_attention the document BlockMask."""
+    if eos_id is None:
+        return {}
+    extra = {"position_ids": document_positions(inputs, eos_id)}
+    if getattr(model.config, "_attn_implementation", None) == "flex_attention":
+        extra["attention_mask"] = document_mask(inputs, eos_id)
+    return extra

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpt.config.schema import LossImpl
-from cpt.model.doc_masking import position_ids
+from cpt.model.doc_masking import masking_inputs
 
 CHUNK_BYTES = 2**28  # fp32 logits of one chunk: 256 MiB (431 tokens at Qwen2.5's vocabulary, 5,461 at 12,288)
 
@@ -32,18 +32,18 @@ def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduc
             impl: LossImpl = LossImpl.chunked, eos_id: Optional[int] = None) -> torch.Tensor:
     """Token-mean (or summed, `reduction="sum"`) next-token cross-entropy, computed in fp32 whatever the compute
     dtype. With `eos_id`, every document of a packed window attends only to itself (cpt.model.doc_masking)."""
-    positions = position_ids(inputs, eos_id)
+    masking = masking_inputs(model, inputs, eos_id)
     if impl == LossImpl.chunked and supports_chunked(model):
         with hidden_states_out(model) as head:
             # the final (normed) hidden states
-            hidden = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
+            hidden = model(input_ids=inputs, use_cache=False, **masking).logits
             args = (hidden.flatten(0, 1), head.weight, targets.flatten(), chunk_rows(head.weight.shape[0]))
             if torch.is_grad_enabled():
                 total = ChunkedLinearCrossEntropy.apply(*args)
             else:  # validation: the loss alone
                 total, _, _ = chunked_cross_entropy(*args, want_hidden=False, want_weight=False)
         return total if reduction == "sum" else total / targets.numel()
-    logits = model(input_ids=inputs, position_ids=positions, use_cache=False).logits
+    logits = model(input_ids=inputs, use_cache=False, **masking).logits
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
 

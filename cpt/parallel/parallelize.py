@@ -23,7 +23,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from cpt.config.schema import AccumReduce, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
-from cpt.model.build import build_model
+from cpt.model.build import attention_implementation, build_model
 from cpt.model.params import decoder_layers
 from cpt.model.tokenizer import Tokenizer
 from cpt.parallel.distributed import DistEnv
@@ -119,7 +119,8 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv, tokenizer: Optional[Token
     frequencies) go where compute runs, on every rank -> rank 0's weights and buffers are broadcast (DDP: replicate).
     """
     fsdp, trainer = cfg.fsdp, cfg.trainer
-    model = build_model(cfg.model, on_meta=not env.is_main, tokenizer=tokenizer)
+    attn = attention_implementation(cfg.model.attn_implementation, env.device.type, trainer.doc_masking)
+    model = build_model(cfg.model, on_meta=not env.is_main, tokenizer=tokenizer, attn_implementation=attn)
     full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
     dtype = compute_dtype(trainer.precision, env.device)
     wrap = uses_fsdp(fsdp, env)
@@ -144,8 +145,9 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv, tokenizer: Optional[Token
         how = "1 rank: no FSDP wrap (nothing to shard)"
     if env.world_size > 1:
         load_full_state(model, full_state, env)
-    log.info("%s, compute %s, activation checkpointing %s, compile %s, cpu offload %s", how,
-             str(dtype).removeprefix("torch."), trainer.activation_checkpointing, trainer.compile, fsdp.cpu_offload)
+    log.info("%s, compute %s, attention %s, activation checkpointing %s, compile %s, cpu offload %s", how,
+             str(dtype).removeprefix("torch."), attn, trainer.activation_checkpointing, trainer.compile,
+             fsdp.cpu_offload)
     return model
 
 

@@ -66,6 +66,8 @@ def test_composition_rejects_unknown_keys_and_wrong_types(override, key):
     (["data.sources=[]"], 1, "data.sources"),
     (["data.dedup.threshold=0"], 1, "data.dedup.threshold"),
     (["model.random_init=false"], 1, "model.random_init"),
+    (["model.attn_implementation=flash"], 1, "model.attn_implementation"),
+    (["model.attn_implementation=flash_attention_2", "trainer.micro_batch_size=2"], 1, "model.attn_implementation"),
 ])
 def test_impossible_combinations_name_the_key(overrides, world, key):
     cfg = to_run_config(compose_cfg(overrides))

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from cpt.config.schema import LossImpl
-from cpt.model.doc_masking import document_positions
+from cpt.model.build import attention_implementation
+from cpt.model.doc_masking import document_positions, masking_inputs
 from cpt.model.loss import lm_loss
 
 EOS = 1
@@ -33,11 +34,14 @@ def tiny_model(kind: str, attn: str) -> torch.nn.Module:
 def logits(model, inputs: torch.Tensor) -> torch.Tensor:
     """The forward exactly as lm_loss runs it with masking on."""
     with torch.no_grad():
-        return model(input_ids=inputs, position_ids=document_positions(inputs, EOS), use_cache=False).logits
+        return model(input_ids=inputs, use_cache=False, **masking_inputs(model, inputs, EOS)).logits
+
+
+FLEX = pytest.param("flex_attention", marks=pytest.mark.full)  # compiles its kernel: ~10 s per model on CPU
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", FLEX])
 def test_a_document_does_not_see_the_one_before_it(kind, attn):
     model = tiny_model(kind, attn)
     g = torch.Generator().manual_seed(1)
@@ -58,8 +62,9 @@ def test_a_document_does_not_see_the_one_before_it(kind, attn):
 
 
 @pytest.mark.parametrize("impl", [LossImpl.chunked, LossImpl.plain])
-def test_masked_window_loss_is_the_sum_of_its_documents_alone(impl):
-    model = tiny_model("qwen2", "sdpa")
+@pytest.mark.parametrize("attn", ["sdpa", FLEX])
+def test_masked_window_loss_is_the_sum_of_its_documents_alone(impl, attn):
+    model = tiny_model("qwen2", attn)
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(2, 64, (26,), generator=g)
     tokens[[7, 19]] = EOS  # three documents: [0..7], [8..19], [20..] (each EOS ends its document)
@@ -82,3 +87,22 @@ def test_masking_off_is_the_plain_causal_loss():
         on = lm_loss(model, inputs, targets, impl=LossImpl.plain, eos_id=EOS)
     assert torch.allclose(off, reference, atol=1e-6)
     assert not torch.allclose(on, reference, atol=1e-4)  # an EOS inside the windows: masking changes the loss
+
+
+@pytest.mark.full
+def test_flex_masks_a_batch_of_windows_with_documents_in_different_places():
+    """Two windows of one micro-batch, their EOS at other positions: flex_attention's block mask gives each row
+    the sdpa reference's logits (the mask is per row, not shared across the batch)."""
+    g = torch.Generator().manual_seed(4)
+    inputs = torch.randint(2, 64, (2, 40), generator=g)
+    inputs[0, [5, 30]] = EOS
+    inputs[1, [17]] = EOS
+    reference, flex = logits(tiny_model("llama", "sdpa"), inputs), logits(tiny_model("llama", "flex_attention"), inputs)
+    assert (flex - reference).abs().max() <= 1e-5
+
+
+def test_the_default_kernel_is_flex_on_gpu_with_masking_and_sdpa_otherwise():
+    assert attention_implementation(None, "cuda", doc_masking=True) == "flex_attention"
+    assert attention_implementation(None, "cuda", doc_masking=False) == "sdpa"
+    assert attention_implementation(None, "cpu", doc_masking=True) == "sdpa"
+    assert attention_implementation("eager", "cuda", doc_masking=True) == "eager"
