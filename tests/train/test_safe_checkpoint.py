@@ -55,7 +55,8 @@ def test_export_refuses_a_malicious_checkpoint(checkpoints, tmp_path):
 
 def test_resume_refuses_a_malicious_checkpoint(checkpoints, tmp_path):
     _, tampered, marker = checkpoints
-    proc = run_cli([*TINY, "trainer.steps=4", f"resume={tampered}", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    proc = run_cli([*TINY, "trainer.steps=4", "resume_allow=[trainer.steps]", f"resume={tampered}",
+                    f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
     _refused(proc, tampered, marker)
 
 
