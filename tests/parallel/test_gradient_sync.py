@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, rank_env
 
+pytestmark = pytest.mark.full  # a 2-rank probe of 12 settings (~16 s)
+
 RS, AR = "c10d::_reduce_scatter_base_", "c10d::allreduce_"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, rank_env
@@ -27,6 +28,7 @@ def test_meta_built_rank_buffers_are_rank0s_and_where_compute_runs(tmp_path):
         assert "meta" not in received["param_devices"], fsdp
 
 
+@pytest.mark.full
 def test_only_rank_0_reads_pretrained_weights(tmp_path):
     """A pretrained model (the tiny architecture, saved with save_pretrained) built by 2 ranks whose
     from_pretrained raises on rank 1: rank 1 builds on meta and receives rank 0's weights, so both give the

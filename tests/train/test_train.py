@@ -150,6 +150,7 @@ def test_bf16_on_cpu_warns_and_keeps_fp32_master_weights(tmp_path, reference):
     assert losses[0] != ref[0] and abs(losses[0] - ref[0]) < 0.05  # bf16 compute: close, not identical
 
 
+@pytest.mark.full
 def test_one_rank_failing_alone_ends_the_run(tmp_path):
     """Rank 1 raises after step 2 while rank 0 goes on into step 3's collectives: the run ends (no rank waits for
     the process-group timeout) with a non-zero status and rank 1's error, and nothing after step 2 is published."""
