@@ -27,7 +27,7 @@ from cpt.config.schema import RunConfig, to_run_config
 from cpt.config.validate import validate
 from cpt.data.manifest import load_manifest_file
 from cpt.parallel import distributed
-from cpt.parallel.launch import adopt_submitit_rank, launch_local, share_run_stamp
+from cpt.parallel.launch import adopt_submitit_rank, failing_rank_ends_the_job, launch_local, share_run_stamp
 
 log = logging.getLogger("cpt.run")
 
@@ -75,7 +75,8 @@ def main(cfg: DictConfig) -> Optional[float]:
         load_manifest_file(run_cfg.data)  # missing or unusable prepared data: the user's to fix, said before building
         if rank == 0:
             write_resolved(cfg, run_dir)
-        return train(run_cfg, run_dir)
+        with failing_rank_ends_the_job():
+            return train(run_cfg, run_dir)
 
     nproc = run_cfg.trainer.nproc_per_node
     validate(run_cfg, nproc, nproc)

@@ -68,7 +68,7 @@ def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
         assert re.search(rf"^\| {strategy} \| 6 \| .* \| PASS \|$", out, re.M), out
     assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
     assert "(checkpoint at 3; restarts from steps [3])" in out  # the rerun really resumed
-    assert re.search(r"doc_masking=true, flex_attention .*: 6 steps, last loss [0-9.]+, max abs diff vs sdpa's dense "
+    assert re.search(r"doc_masking=true, eager attention: 6 steps, last loss [0-9.]+, max abs diff vs sdpa's dense "
                      r"document mask [0-9.e+-]+ \(tol [0-9.e-]+\): \*\*PASS", out), out
     assert re.search(r"lora.enabled=true .*: 6 steps, last loss [0-9.]+: \*\*PASS", out), out
     assert "largest micro-batch that fits" in out and out.rstrip().endswith("**GPU check: PASS**")

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -58,6 +60,26 @@ def adopt_submitit_rank() -> None:
             port_file = Path(job.paths.folder) / f"{job.job_id}_master_port"
             dist_env.master_port = distributed.local_job_port(port_file, job.global_rank)
         dist_env.export(set_cuda_visible_devices=False)
+
+
+@contextmanager
+def failing_rank_ends_the_job():
+    """Around a rank's work in a job of several submitit tasks (SLURM or local): an error ends this process with exit
+    status 1 after printing its traceback. Hydra's job wrapper would catch it and the task would exit 0, so srun never
+    learnt that a rank failed, and with SLURM_KILL_BAD_EXIT=1 (SweepChecks) a failed rank is what makes srun end the
+    other ranks at once, instead of leaving them in a collective until the process group times out."""
+    try:
+        yield
+    except Exception:
+        if "SUBMITIT_EXECUTOR" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise
+        traceback.print_exc()
+        log.error("rank %s failed: ending this task with status 1 so that the job's other ranks end too",
+                  os.environ.get("RANK"))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def share_run_stamp() -> None:

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from cpt.config.schema import AccumReduce, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
+from cpt.config.schema import AccumReduce, ConfigError, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
 from cpt.model.build import attention_implementation, build_model
 from cpt.model.params import decoder_layers
 from cpt.model.tokenizer import Tokenizer
@@ -120,6 +120,9 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv, tokenizer: Optional[Token
     """
     fsdp, trainer = cfg.fsdp, cfg.trainer
     attn = attention_implementation(cfg.model.attn_implementation, env.device.type, trainer.doc_masking)
+    if attn == "flex_attention" and env.device.type == "cpu":
+        raise ConfigError("model.attn_implementation", "flex_attention cannot train on CPU (torch has no CPU backward "
+                          "for it): use sdpa (or null) there; flex_attention is the GPU default")
     model = build_model(cfg.model, on_meta=not env.is_main, tokenizer=tokenizer, attn_implementation=attn)
     full_state = model.state_dict() if env.is_main and env.world_size > 1 else None
     dtype = compute_dtype(trainer.precision, env.device)

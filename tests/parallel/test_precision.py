@@ -66,3 +66,13 @@ def test_fp32_matmuls_use_tf32_on_cuda():
         assert torch.backends.cudnn.conv.fp32_precision == "tf32"
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
+
+
+def test_flex_attention_is_refused_for_training_on_cpu():
+    """torch has no CPU backward for flex_attention: said before any model is built, with the fix."""
+    from conftest import TINY, compose_cfg
+    from cpt.config.schema import ConfigError, to_run_config
+
+    cfg = to_run_config(compose_cfg([*TINY, "model.attn_implementation=flex_attention"]))
+    with pytest.raises(ConfigError, match="flex_attention cannot train on CPU"):
+        parallelize.build_parallel_model(cfg, DistEnv(0, 0, 1, 1, CPU))
