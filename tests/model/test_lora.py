@@ -93,6 +93,7 @@ def test_merged_export_and_adapter_give_the_adapted_models_logits(trained_lora, 
         torch.testing.assert_close(adapted(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.full
 def test_two_fsdp_ranks_give_the_one_rank_lora_curve(tmp_path):
     one = run_tiny(tmp_path, "one", [*LORA, "trainer.micro_batch_size=4"])
     two = run_tiny(tmp_path, "two", [*LORA, "trainer.nproc_per_node=2", "trainer.micro_batch_size=2"])

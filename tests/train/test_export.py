@@ -111,6 +111,7 @@ CLOZE = [("The licensor grants you a worldwide, royalty-free", ["license", "bana
          ("THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY", ["KIND", "SORT WHATSOEVER"], 0)]
 
 
+@FULL
 def test_evaluate_scores_a_local_harness_task_as_computed_by_hand(trained, tmp_path):
     """`tasks=[...]` runs lm-evaluation-harness on the exported model: a multiple-choice task written here (YAML +
     JSONL, offline) scores every choice's log-likelihood (task_samples) and acc / acc_norm equal to a hand

@@ -53,16 +53,16 @@ def _curve(records):
     ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                   "trainer.activation_checkpointing=true"]),
     # full_shard reducing every micro-step (sharded gradients between micro-steps) instead of on the last one
-    ("accum_every", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                     "trainer.accum_reduce=every"]),
+    pytest.param("accum_every", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                                 "trainer.accum_reduce=every"], marks=FULL),
     # 2 replicas of 1 shard: reduce-scatter every micro-step, the cross-replica all-reduce on the last one only
-    ("hybrid_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                      "fsdp=hybrid_shard", "fsdp.shard_size=1"]),
+    pytest.param("hybrid_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                                  "fsdp=hybrid_shard", "fsdp.shard_size=1"], marks=FULL),
     # the plain loss (full logits) against the chunked reference, through FSDP's gathered lm_head
     ("plain_loss", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.loss=plain"]),
     pytest.param("compile", ["trainer.compile=true"], marks=FULL),  # ~30 s of inductor compilation
-    ("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
-                    "fsdp.shard_size=2"]),
+    pytest.param("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
+                                "fsdp.shard_size=2"], marks=FULL),
 ])
 def test_same_global_batch_same_curve(tmp_path, reference, name, extra):
     run_dir = run_tiny(tmp_path, name, extra)
