@@ -23,14 +23,21 @@ from typing import Optional
 import torch
 
 
+def document_starts(inputs: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """True on the first token of every document of a (batch, seq) window but its first one: the token after an EOS
+    (the EOS belongs to the document it ends)."""
+    starts = torch.zeros_like(inputs, dtype=torch.bool)
+    starts[:, 1:] = inputs[:, :-1] == eos_id
+    return starts
+
+
 def document_positions(inputs: torch.Tensor, eos_id: int) -> torch.Tensor:
     """Position ids of a (batch, seq) window that restart at 0 on the token after every EOS.
 
     The EOS belongs to the document it ends (it is that document's last input); a window that starts inside a
     document counts from 0 at its first token, as unmasked training does."""
     index = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
-    starts = torch.zeros_like(inputs, dtype=torch.bool)
-    starts[:, 1:] = inputs[:, :-1] == eos_id
+    starts = document_starts(inputs, eos_id)
     first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
     return index - first
 
@@ -40,9 +47,7 @@ def document_mask(inputs: torch.Tensor, eos_id: int):
     document (documents numbered by the EOS tokens before them), on the inputs' device."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    starts = torch.zeros_like(inputs, dtype=torch.int32)
-    starts[:, 1:] = inputs[:, :-1] == eos_id
-    doc = starts.cumsum(dim=1)
+    doc = document_starts(inputs, eos_id).cumsum(dim=1)  # each token's document number within its row
 
     def same_document_causal(b, h, q, kv):
         return (doc[b, q] == doc[b, kv]) & (q >= kv)

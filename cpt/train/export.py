@@ -98,12 +98,6 @@ def gather_export(model: nn.Module, tokenizer: Tokenizer, out: Path, cfg: RunCon
     return PendingExport(state, model.config, getattr(model, "generation_config", None), tokenizer, out, cfg)
 
 
-def export_model(model: nn.Module, tokenizer: Tokenizer, out: Path, cfg: RunConfig) -> Optional[Path]:
-    """gather_export then write at once, for callers that keep their process group (tests); rank 0 returns `out`."""
-    pending = gather_export(model, tokenizer, out, cfg)
-    return pending.write() if pending is not None else None
-
-
 def push(folder: Path, repo_id: str, private: bool) -> str:
     """Upload an exported directory to the hub; fails with what to do when the hub is unreachable."""
     from huggingface_hub import HfApi

@@ -71,29 +71,27 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 class SafeReader(FileSystemReader):
-    """DCP's file reader with `.metadata` read by the restricted unpickler. DCP turns errors inside a load into a
-    CheckpointException of strings; the refusal is kept in `refused` for load_dcp to raise as itself."""
+    """DCP's file reader with `.metadata` read by the restricted unpickler, once: load_dcp reads it before dcp.load
+    (so that a refusal is raised as itself), and dcp.load's own read gets the same object back."""
 
-    refused: UnsafeCheckpointError | None = None
+    _read: tuple[Any, Metadata] | None = None  # (metadata path, what it held)
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         path = self._get_metadata_path(kwargs.get("rank"))
-        with self.fs.create_stream(path, "rb") as f:
-            try:
-                metadata = _MetadataUnpickler(f, path).load()
-            except UnsafeCheckpointError as e:
-                self.refused = e
-                raise
-            except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
-                self.refused = UnsafeCheckpointError(
-                    f"{path}: not a readable checkpoint metadata file ({e}); the checkpoint is damaged: take another "
-                    "one, or start fresh with resume=none")
-                raise self.refused from None
-        if not isinstance(metadata, Metadata):
-            self.refused = _refused(path, f"a {type(metadata).__name__} instead of DCP metadata")
-            raise self.refused
-        if getattr(metadata, "storage_meta", None) is None:  # as FileSystemReader does
-            metadata.storage_meta = StorageMeta()
+        if self._read is None or self._read[0] != path:
+            with self.fs.create_stream(path, "rb") as f:
+                try:
+                    metadata = _MetadataUnpickler(f, path).load()
+                except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as e:
+                    raise UnsafeCheckpointError(
+                        f"{path}: not a readable checkpoint metadata file ({e}); the checkpoint is damaged: take "
+                        "another one, or start fresh with resume=none") from None
+            if not isinstance(metadata, Metadata):
+                raise _refused(path, f"a {type(metadata).__name__} instead of DCP metadata")
+            if getattr(metadata, "storage_meta", None) is None:  # as FileSystemReader does
+                metadata.storage_meta = StorageMeta()
+            self._read = (path, metadata)
+        metadata = self._read[1]
         metadata.storage_meta.load_id = self.load_id
         return metadata
 
@@ -127,7 +125,7 @@ def load_dcp(state: dict, path: Path) -> None:
     try:
         dcp.load(state, storage_reader=reader, planner=planner)
     except CheckpointException as e:
-        refused = reader.refused or planner.refused or _refusal_among(e)
+        refused = planner.refused or _refusal_among(e)
         if refused is None:
             raise
         raise refused from None
@@ -137,10 +135,9 @@ def _refusal_among(e: CheckpointException) -> UnsafeCheckpointError | None:
     for exc, _ in e.failures.values():
         if isinstance(exc, UnsafeCheckpointError):
             return exc
-        found = re.search(r"(\S+: (?:refused to load|not a readable checkpoint metadata file).*?)(?:; rank local|$)",
-                          str(exc), re.S)
+        found = re.search(r"\S+: refused to load.*", str(exc), re.S)
         if found:
-            return UnsafeCheckpointError(found.group(1))
+            return UnsafeCheckpointError(found.group(0))
     return None
 
 

@@ -151,11 +151,11 @@ class _Reads(ast.NodeVisitor):
 def _reads() -> set[tuple[str, str]]:
     """(label of the base, attribute) of every attribute read in cpt/, each module walked twice (aliases bound
     further down a module count for reads above them)."""
-    reads = set()
+    reads, labels = set(), _labels()
     for path in sorted((ROOT / "cpt").rglob("*.py")):
         if path == ROOT / "cpt" / "config" / "schema.py":  # the declarations are not reads
             continue
-        visitor = _Reads(_labels())
+        visitor = _Reads(labels)
         tree = ast.parse(path.read_text())
         visitor.visit(tree)
         visitor.visit(tree)

@@ -16,7 +16,7 @@ from cpt.data.manifest import load_manifest, open_streams  # noqa: E402
 from cpt.model.tokenizer import build_tokenizer  # noqa: E402
 from cpt.parallel import distributed  # noqa: E402
 from cpt.parallel.parallelize import build_parallel_model  # noqa: E402
-from cpt.train.export import export_model  # noqa: E402
+from cpt.train.export import gather_export  # noqa: E402
 from cpt.train.loop import train_step  # noqa: E402
 from cpt.train.optim import build_optimizer  # noqa: E402
 
@@ -32,7 +32,9 @@ loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), {"sample": 1.0
                        env.world_size, 0, env.device)
 for _ in range(3):
     train_step(model, optimizer, loader.next_batches(), 1, 1.0)
-export_model(model, tokenizer, out / "hf", cfg)
+pending = gather_export(model, tokenizer, out / "hf", cfg)  # collective; rank 0 writes (the group stays open)
+if pending is not None:
+    pending.write()
 probe = torch.tensor([tokenizer.encode("Permission is hereby granted, free of charge, to any person")])
 with torch.no_grad():
     logits = model(input_ids=probe).logits
