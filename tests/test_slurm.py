@@ -116,16 +116,61 @@ def _wait_for_step(run_dir: Path, step: int, proc, limit=300) -> None:
     raise TimeoutError(f"{run_dir} never reached step {step}")
 
 
-def test_preemption_signal_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
-    proc = sweep(tmp_path, [*LONG, "hydra.launcher.timeout_min=10", "hydra.launcher.max_num_timeout=3"],
-                 env={"CPT_FAULT_SLOW": "0.5"}, wait=False)
+def resumed_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir) if "resumed_from" in r]
+
+
+def test_preemption_signal_saves_requeues_and_resumes_to_the_same_loss(tmp_path, uninterrupted):
+    """USR2 (a preemption notice) at step >= 5 with no periodic checkpoint before step 20: the ranks save the step
+    they are at, stop, and submitit requeues the job, which resumes from that step, not from step 0."""
+    proc = sweep(tmp_path, [*LONG, "checkpoint.interval=20", "hydra.launcher.timeout_min=10",
+                            "hydra.launcher.max_num_timeout=3"], env={"CPT_FAULT_SLOW": "0.5"}, wait=False)
     run_dir = tmp_path / "sweep" / "0"
     _wait_for_step(run_dir, 5, proc)
     (jid,) = job_ids(tmp_path / "sweep")
     subprocess.run(["scancel", "--signal=USR2", jid], check=True)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-5000:]
-    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert "stopping on SIGUSR2" in (run_dir / "train.log").read_text()
+    (resumed,) = resumed_steps(run_dir)
+    assert 5 <= resumed < 20
+    assert final_loss(run_dir) == uninterrupted
+
+
+def test_sbatch_torchrun_saves_on_usr2_requeues_itself_and_resumes(tmp_path, uninterrupted):
+    """launchers/sbatch_torchrun.sh as a user submits it (one torchrun per node, 2 ranks): USR2 to the job's step
+    reaches the ranks, not torchrun's agent; they save and stop, rank 0 requeues the job, and the requeued job
+    resumes from that step to the uninterrupted run's loss."""
+    run_dir = tmp_path / "run"
+    script = Path(__file__).resolve().parents[1] / "launchers" / "sbatch_torchrun.sh"
+    env = {**rank_env(), "NPROC": "2", "PYTHON": sys.executable, "CPT_FAULT_SLOW": "0.5"}
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--open-mode=append", "--cpus-per-task=2", "--time=10", str(script), *TINY, *LONG,
+         "checkpoint.interval=20", "trainer.micro_batch_size=2", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    jid = submitted.stdout.strip().split(";")[0]
+    out_file = tmp_path / f"cpt-{jid}.out"
+    try:
+        deadline = time.time() + 300
+        while not (run_dir / "metrics.jsonl").is_file() or not any(
+                r.get("step", 0) >= 5 and "loss" in r for r in read_metrics(run_dir)):
+            assert time.time() < deadline, out_file.read_text()[-3000:] if out_file.is_file() else "no output"
+            time.sleep(1)
+        subprocess.run(["scancel", "--signal=USR2", jid], check=True)
+        deadline = time.time() + 400
+        while (state := subprocess.run(["sacct", "-n", "-X", "-j", jid, "-o", "State"], capture_output=True,
+                                       text=True).stdout.split()) != ["COMPLETED"]:
+            assert time.time() < deadline and not {"FAILED", "CANCELLED", "TIMEOUT"} & set(state), (
+                state, out_file.read_text()[-3000:] if out_file.is_file() else "no output")
+            time.sleep(2)
+    finally:
+        subprocess.run(["scancel", jid])
+    assert "stopping on SIGUSR2" in (run_dir / "train.log").read_text()
+    out = out_file.read_text()  # both attempts (--open-mode=append)
+    assert "User defined signal 2" not in out, out[-3000:]  # torchrun's agent did not die of it (the ranks might not
+    # have had the time to save had srun's cleanup been quicker)
+    (resumed,) = resumed_steps(run_dir)
+    assert 5 <= resumed < 20
     assert final_loss(run_dir) == uninterrupted
 
 

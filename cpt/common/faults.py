@@ -3,6 +3,7 @@
   CPT_FAULT_KILL=<rank>:<step>      that rank SIGKILLs itself after finishing optimizer step <step>
   CPT_FAULT_RAISE=<rank>:<step>     that rank raises an error after optimizer step <step> (the others go on into
                                     the next step's collectives)
+  CPT_FAULT_SIGNAL=<rank>:<step>   that rank gets SIGUSR2 (Slurm's warning before the time limit) after step <step>
   CPT_FAULT_STALL=<rank>:<step>:<s> that rank sleeps <s> seconds after optimizer step <step> (busy, in no collective)
   CPT_FAULT_CRASH_IN_SAVE=<step>    rank 0 SIGKILLs itself while the checkpoint of <step> is written (shards on
                                     disk, not yet published)
@@ -43,6 +44,12 @@ def maybe_raise(step: int, rank: int) -> None:
     spec = _get("CPT_FAULT_RAISE")
     if spec and spec[0] == rank and spec[1] == step:
         raise RuntimeError(f"CPT_FAULT_RAISE: rank {rank} fails after step {step} on purpose")
+
+
+def maybe_signal(step: int, rank: int) -> None:
+    spec = _get("CPT_FAULT_SIGNAL")
+    if spec and spec[0] == rank and spec[1] == step:
+        os.kill(os.getpid(), signal.SIGUSR2)
 
 
 def maybe_stall(step: int, rank: int) -> None:

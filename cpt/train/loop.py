@@ -44,6 +44,7 @@ from cpt.train.metrics import (
     peak_flops,
 )
 from cpt.train.optim import build_optimizer, build_scheduler
+from cpt.train.preemption import Preemption
 from cpt.train.resume_plan import check_resume, replan, run_plan
 from cpt.train.state import NonFiniteGuard, TrainState
 
@@ -107,14 +108,21 @@ def train(cfg: RunConfig, run_dir: Path) -> float:
     """Run as one rank of the job (rank/world from the environment); returns the final validation loss."""
     env = distributed.setup(cfg.trainer.device, cfg.trainer.num_threads)
     setup_logging(run_dir, env.rank)
-    final_val, export = _train(cfg, run_dir, env)
+    preemption = Preemption()  # SIGUSR2 from here on: save, stop, requeue
+    try:
+        final_val, export = _train(cfg, run_dir, env, preemption)
+    finally:
+        preemption.restore()
     distributed.teardown()
+    if preemption.stopped:
+        preemption.hand_over(env.is_main)
     if export is not None:  # rank 0, once no other rank waits for it
         export.write()
     return final_val
 
 
-def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> tuple[float, Optional[PendingExport]]:
+def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
+           preemption: Preemption) -> tuple[float, Optional[PendingExport]]:
     t = cfg.trainer
     torch.manual_seed(t.seed)
     tokenizer = build_tokenizer(cfg.model)
@@ -192,7 +200,9 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> tuple[flo
         scheduler.step()
         throughput.add(tokens_per_step)
         sink.advance()
+        stop = False
         if done % t.log_interval == 0 or done == t.steps:
+            stop = done < t.steps and preemption.agreed(env.device)
             skipped = guard.check(done)
             record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": grad_norm.item(),
                       "tokens": done * tokens_per_step, **throughput.report(),
@@ -208,13 +218,22 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv) -> tuple[flo
             val_loss = validate_and_log(done)
             throughput.resume()
         ckpt.poll()  # an asynchronous save is published as soon as it is written
-        if ckpt.due(done, t.steps):
+        if ckpt.due(done, t.steps) or stop:
             throughput.pause()
             guard.check(done)  # under on_nonfinite=stop a skipped update stops the run before it is saved
             ckpt.save(done)
             throughput.resume()
+        if stop:
+            preemption.stopped = True
+            log.warning("step %d: stopping on SIGUSR2 (a time limit or preemption is near) with a checkpoint of "
+                        "this step", done)
+            ckpt.wait()
+            sink.write({"step": done, "stopped": "SIGUSR2"})
+            sink.close()
+            return val_loss, None
         faults.maybe_kill(done, env.rank)
         faults.maybe_raise(done, env.rank)
+        faults.maybe_signal(done, env.rank)
         faults.maybe_stall(done, env.rank)
         faults.maybe_slow()
     ckpt.wait()

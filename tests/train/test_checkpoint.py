@@ -114,6 +114,21 @@ def test_async_save_is_published_once_written_and_a_kill_after_it_resumes_from_i
     assert curve(run_dir) == reference
 
 
+def test_sigusr2_saves_at_the_next_log_step_stops_and_the_rerun_resumes_there(tmp_path, reference):
+    """Only rank 1 gets SIGUSR2 (Slurm's warning before a time limit), after step 3, and no checkpoint is due before
+    step 5: the ranks agree at the next log step (4), both save step 4 and stop without exporting; the same command
+    again resumes from step 4 and ends on the uninterrupted curve."""
+    extra = [*TWO, "checkpoint.interval=5", "trainer.log_interval=2"]
+    run_dir, _ = run(tmp_path, "p", extra, {"CPT_FAULT_SIGNAL": "1:3"})
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000004"
+    records = read_metrics(run_dir)
+    assert {"step": 4, "stopped": "SIGUSR2"} in records and max(r["step"] for r in records if "loss" in r) == 4
+    assert "stopping on SIGUSR2" in (run_dir / "train.log").read_text() and not (run_dir / "hf").exists()
+    run(tmp_path, "p", extra)
+    assert_resumed(run_dir, [4])
+    assert curve(run_dir) == reference[1::2]  # steps 2, 4, 6
+
+
 def _checkpoint_tensors(path):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
