@@ -88,9 +88,9 @@ def init_process_group(device_type: str) -> None:
     if device_type == "cuda":
         device_id = torch.device("cuda", cuda_index(local_rank, torch.cuda.device_count()))
         torch.cuda.set_device(device_id)
-    if "MASTER_ADDR" not in os.environ:  # a lone process: a private rendezvous
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if not launched_as_rank():  # a lone process: a private rendezvous, whatever MASTER_* the cluster exported
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(free_port())
     dist.init_process_group(backend=backend_for(device_type), rank=rank, world_size=world,
                             timeout=timedelta(seconds=faults.pg_timeout_s(30 * 60)),
                             device_id=device_id)  # device_id: NCCL connects eagerly

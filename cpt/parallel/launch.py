@@ -48,18 +48,22 @@ def launch_local(rank_main: Callable, nproc: int, *args):
 
 
 def adopt_submitit_rank() -> None:
-    """In a submitit task (SLURM or local), export RANK/WORLD_SIZE/MASTER_* from submitit's job environment. A
-    requeued job gets the same job id, hence the same rendezvous port."""
+    """In a submitit task (SLURM or local), export RANK/WORLD_SIZE/LOCAL_*/MASTER_* from submitit's job environment.
+    A requeued job gets the same job id, hence the same rendezvous port. Clusters whose job environment already
+    exports MASTER_ADDR / MASTER_PORT (the address of the interface to use, a port the site reserves) keep them;
+    a LOCAL_RANK / LOCAL_WORLD_SIZE the cluster exported for the whole job gives way to this task's (submitit's
+    export refused to run at all when any of them was set)."""
     if "SUBMITIT_EXECUTOR" in os.environ and not distributed.launched_as_rank():
         from submitit import JobEnvironment
         from submitit.helpers import TorchDistributedEnvironment
 
-        dist_env = TorchDistributedEnvironment()
+        dist_env = TorchDistributedEnvironment()  # reads MASTER_PORT when set
+        dist_env.master_addr = os.environ.get("MASTER_ADDR", dist_env.master_addr)
         if os.environ["SUBMITIT_EXECUTOR"] == "local" and "MASTER_PORT" not in os.environ:
             job = JobEnvironment()
             port_file = Path(job.paths.folder) / f"{job.job_id}_master_port"
             dist_env.master_port = distributed.local_job_port(port_file, job.global_rank)
-        dist_env.export(set_cuda_visible_devices=False)
+        dist_env.export(set_cuda_visible_devices=False, overwrite=True)
 
 
 @contextmanager
