@@ -12,6 +12,7 @@ transformers model and can also save the adapter alone as a peft directory (expo
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -69,17 +70,26 @@ def has_lora(state: dict[str, torch.Tensor]) -> bool:
 
 
 def merge_lora(state: dict[str, torch.Tensor], config, cfg: LoraConfig, adapter_dir: Path | None = None,
-               base_name: str | None = None) -> dict[str, torch.Tensor]:
-    """A full state dict of an adapted model -> the plain model's state dict with W + (alpha / r) B A merged in
-    (peft's merge_and_unload); `adapter_dir`: also save the adapter alone, as `PeftModel.from_pretrained` loads it."""
+               base_name: str | None = None) -> tuple[dict[str, torch.Tensor], object]:
+    """A full state dict of an adapted model -> (the plain model's state dict with W + (alpha / r) B A merged in
+    (peft's merge_and_unload), its config); `adapter_dir`: also save the adapter alone, as
+    `PeftModel.from_pretrained` loads it.
+    A tied model stays tied (one matrix, tie_word_embeddings kept): the lm_head is re-tied to the embedding before
+    merging, so peft unties them only when an adapter really changed one of them (lm_head in target_modules). The
+    caller's config is never modified (peft writes tie_word_embeddings into the config it merges)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    config = copy.deepcopy(config)
+    tied = getattr(config, "tie_word_embeddings", False)
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     peft_model = get_peft_model(plain, peft_config(cfg, plain)).to_empty(device="cpu")
+    inner = peft_model.base_model.model
+    if not hasattr(inner.get_output_embeddings(), "lora_A"):  # unless adapted, the lm_head is the embedding again
+        inner.tie_weights()  # (to_empty gave the tied lm_head a tensor of its own)
     # copied, not assigned: merging adds into the base weights, which must not be the caller's tensors
-    missing, unexpected = peft_model.base_model.model.load_state_dict(state, strict=False)
+    missing, unexpected = inner.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"export: the LoRA state dict does not fit {type(plain).__name__} with adapters: missing "
                            f"{missing[:5]}, unexpected {unexpected[:5]}")
@@ -91,4 +101,7 @@ def merge_lora(state: dict[str, torch.Tensor], config, cfg: LoraConfig, adapter_
             peft_model.save_pretrained(adapter_dir, save_embedding_layers=cfg.train_embeddings)
         log.info("saved the LoRA adapter to %s", adapter_dir)
     merged = peft_model.merge_and_unload()
-    return merged.state_dict()
+    if tied and not merged.config.tie_word_embeddings:
+        log.warning("the LoRA adapter of the output projection makes it differ from the input embedding: the merged "
+                    "model has untied embeddings (tie_word_embeddings=false, one more embedding-sized matrix)")
+    return merged.state_dict(), merged.config

@@ -74,13 +74,13 @@ class PendingExport:
         """Rank 0, after the process group is closed: slow single-rank work (building a plain model, writing
         safetensors, a hub upload) never keeps the other ranks waiting in a collective (and timing out)."""
         faults.maybe_slow_export()
-        out, cfg, state = self.out, self.cfg, self.state
+        out, cfg, state, config = self.out, self.cfg, self.state, self.config
         adapter = out.with_name(f".{out.name}.adapter") if cfg.export.lora_adapter else None
         if adapter is not None:
             shutil.rmtree(adapter, ignore_errors=True)
         if has_lora(state):
-            state = merge_lora(state, self.config, cfg.model.lora, adapter, cfg.model.name_or_path)
-        save_hf(state, self.config, self.generation_config, self.tokenizer, out)
+            state, config = merge_lora(state, config, cfg.model.lora, adapter, cfg.model.name_or_path)
+        save_hf(state, config, self.generation_config, self.tokenizer, out)
         if adapter is not None:
             adapter.rename(out / "adapter")
         log.info("exported a transformers model directory to %s", out)
@@ -137,15 +137,15 @@ def export_checkpoint(path: Path, out: Optional[Path] = None) -> Path:
     params = model.state_dict(keep_vars=True)
     state = {"model": {k: v.detach() for k, v in params.items() if not lora or v.requires_grad}}
     load_dcp(state, ckpt)  # into the model's own tensors, in place; nothing in the files can run code
-    full = model.state_dict()
+    full, config = model.state_dict(), model.config
     if lora:
-        full = merge_lora(full, model.config, cfg.model.lora)
+        full, config = merge_lora(full, config, cfg.model.lora)
     generation = None
     if not cfg.model.random_init:
         try:
             generation = GenerationConfig.from_pretrained(cfg.model.name_or_path)
         except OSError:
             pass
-    save_hf(full, model.config, generation, tokenizer, out)
+    save_hf(full, config, generation, tokenizer, out)
     log.info("exported checkpoint %s to %s", ckpt, out)
     return out

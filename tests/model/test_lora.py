@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
@@ -21,6 +22,8 @@ from cpt.config.schema import to_run_config
 from cpt.model.build import build_model
 from cpt.model.lora import merge_lora
 from cpt.model.params import trainable_params
+from cpt.model.tokenizer import build_tokenizer
+from cpt.train.export import save_hf
 from cpt.train.loop import train_step
 from cpt.train.metrics import flops_per_token, matmul_params
 from cpt.train.optim import build_optimizer
@@ -74,11 +77,16 @@ def test_merged_export_and_adapter_give_the_adapted_models_logits(trained_lora, 
     model.eval()
     with torch.no_grad():
         expected = model(input_ids=PROBE).logits
-    merged = merge_lora(model.state_dict(), model.config, cfg.model.lora, tmp_path / "adapter", "tiny-base")
+    merged, config = merge_lora(model.state_dict(), model.config, cfg.model.lora, tmp_path / "adapter", "tiny-base")
     assert not any("lora" in k or "base_layer" in k for k in merged)
-    plain = AutoModelForCausalLM.from_config(model.config)
-    plain.load_state_dict(merged, strict=False)
-    plain.tie_weights()
+    # written as the export writes it: a tied model stays tied (one matrix in the file), the caller's config unchanged
+    save_hf(merged, config, None, build_tokenizer(cfg.model), tmp_path / "hf")
+    assert model.config.tie_word_embeddings and json.loads((tmp_path / "hf" / "config.json").read_text())[
+        "tie_word_embeddings"]
+    with safe_open(tmp_path / "hf" / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in set(f.keys())
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight
     with torch.no_grad():
         torch.testing.assert_close(plain(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
     # the adapter alone, on the base model, as peft users load it
@@ -91,6 +99,25 @@ def test_merged_export_and_adapter_give_the_adapted_models_logits(trained_lora, 
     adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     with torch.no_grad():
         torch.testing.assert_close(adapted(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapter_on_the_output_projection_unties_it_and_says_so(tmp_path, caplog):
+    """lm_head as a LoRA target: W + BA of the output projection is no longer the embedding, so the merged model is
+    untied (and warned about), and gives the adapted model's logits."""
+    cfg = to_run_config(compose_cfg([*TINY, *LORA, "model.lora.target_modules=[q_proj,lm_head]"]))
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+        expected = model.eval()(input_ids=PROBE).logits
+    merged, config = merge_lora(model.state_dict(), model.config, cfg.model.lora)
+    assert not config.tie_word_embeddings and "untied embeddings" in caplog.text
+    save_hf(merged, config, None, build_tokenizer(cfg.model), tmp_path / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=PROBE).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.full
