@@ -150,11 +150,13 @@ class Checkpointer:
         # an async save runs collectives from a background thread: they need their own group, or they interleave
         # with training's collectives on the default one
         self.group = dist.new_group(backend="gloo") if cfg.async_save else None
-        # on GPU, async saves stage into pinned host buffers allocated once and reused by every save
+        # async saves stage into host buffers allocated once and reused by every save (pinned on GPU); close()
+        # releases them
         self.stager = None
-        if cfg.async_save and env.device.type == "cuda":
-            self.stager = DefaultStager(StagingOptions(use_pinned_memory=True, use_shared_memory=False,
-                                                       use_async_staging=False, use_non_blocking_copy=True))
+        if cfg.async_save:
+            gpu = env.device.type == "cuda"
+            self.stager = DefaultStager(StagingOptions(use_pinned_memory=gpu, use_shared_memory=False,
+                                                       use_async_staging=False, use_non_blocking_copy=gpu))
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             for partial in self.root.glob(".tmp-*"):
@@ -249,6 +251,17 @@ class Checkpointer:
             if self.rank == 0:
                 self._publish(tmp, step, start)
         dist.barrier()
+
+    def close(self) -> None:
+        """Collective, at the end of training: the last save completes and is published; the staging buffers (a
+        model's worth of pinned host memory per rank on GPU) and the save group are released."""
+        self.wait()
+        if self.stager is not None:
+            self.stager.close()
+            self.stager = None
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None
 
     def _finish(self, tmp: Path, step: int, start: float) -> None:
         dist.barrier()  # every rank's shard is on disk

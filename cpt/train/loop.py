@@ -227,7 +227,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
             preemption.stopped = True
             log.warning("step %d: stopping on SIGUSR2 (a time limit or preemption is near) with a checkpoint of "
                         "this step", done)
-            ckpt.wait()
+            ckpt.close()
             sink.write({"step": done, "stopped": "SIGUSR2"})
             sink.close()
             return val_loss, None
@@ -236,7 +236,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
         faults.maybe_signal(done, env.rank)
         faults.maybe_stall(done, env.rank)
         faults.maybe_slow()
-    ckpt.wait()
+    ckpt.close()
     sink.close()
     export = gather_export(model, tokenizer, run_dir / cfg.export.dir, cfg) if cfg.export.enabled else None
     return val_loss, export

@@ -87,12 +87,12 @@ class Counter:
         self.position = state["position"]
 
 
-def setup_run(tmp_path, env, seed=0):
+def setup_run(tmp_path, env, seed=0, async_save=False):
     model, optimizer = tiny(seed)
     scheduler = build_scheduler(optimizer, OptimConfig(lr=3e-3), 10)
     state, loader = TrainState(), Counter()
     guard = NonFiniteGuard(NonFinite.skip, env.device, tmp_path)
-    ckpt = Checkpointer(CheckpointConfig(keep_last=1), tmp_path, env, model, optimizer,
+    ckpt = Checkpointer(CheckpointConfig(keep_last=1, async_save=async_save), tmp_path, env, model, optimizer,
                         states={"train": state, "loader": loader, "scheduler": scheduler, "nonfinite": guard})
     return model, optimizer, scheduler, state, loader, guard, ckpt
 
@@ -115,6 +115,23 @@ def test_checkpointer_restores_every_registered_state(tmp_path, env):
     assert all(torch.equal(a, b) for a, b in zip(params, model2.parameters()))
     assert torch.equal(optimizer2.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
     assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues from where it was at save time
+
+
+def test_async_saves_reuse_their_staging_buffers_and_close_releases_them(tmp_path, env):
+    """The staging copies of an async save are kept for the next save (no new allocation: on GPU they are pinned,
+    slow to allocate) and released by close() at the end of training (they were kept until the process ended)."""
+    model, optimizer, _, _, _, _, ckpt = setup_run(tmp_path, env, async_save=True)
+    train_step(model, optimizer, [batch(2)], 1, 1.0)
+    ckpt.save(1)
+    cache = ckpt.stager._state_dict_stager._cached_storage_mapping
+    buffers = {id(v) for v in cache.values()}
+    assert len(buffers) >= len(list(model.parameters()))
+    train_step(model, optimizer, [batch(2)], 1, 1.0)
+    ckpt.save(2)
+    assert {id(v) for v in cache.values()} == buffers  # the same buffers again
+    ckpt.close()
+    assert len(cache) == 0 and ckpt.stager is None and ckpt.group is None
+    assert latest_checkpoint(tmp_path / "checkpoints").name == "step-00000002"  # the last save was published
 
 
 def test_checkpointer_refuses_nonfinite_weights(tmp_path, env):
