@@ -18,9 +18,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._composable.replicate import replicate
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from cpt.config.schema import AccumReduce, ConfigError, FSDPConfig, Precision, RunConfig, Strategy, TrainerConfig
 from cpt.model.build import attention_implementation, build_model
@@ -147,7 +148,7 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv, tokenizer: Optional[Token
     else:
         how = "1 rank: no FSDP wrap (nothing to shard)"
     if env.world_size > 1:
-        load_full_state(model, full_state, env)
+        load_full_state(model, full_state, env, via=env.device if fsdp.cpu_offload else None)
     log.info("%s, compute %s, attention %s, activation checkpointing %s, compile %s, cpu offload %s", how,
              str(dtype).removeprefix("torch."), attn, trainer.activation_checkpointing, trainer.compile,
              fsdp.cpu_offload)
@@ -188,10 +189,36 @@ def shard(model: nn.Module, blocks: list[nn.Module], fsdp: FSDPConfig, dtype: to
     return mesh
 
 
-def load_full_state(model: nn.Module, state: dict[str, torch.Tensor] | None, env: DistEnv) -> None:
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor] | None, env: DistEnv,
+                    via: Optional[torch.device] = None) -> None:
     """Fill a sharded model from rank 0's full state dict: rank 0 sends, every rank keeps its own shard. Buffers
-    that are not in a state dict (rotary frequencies) are sent as well, so meta-built ranks get rank 0's values."""
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, state if env.is_main else {}, options=options)
+    that are not in a state dict (rotary frequencies) are sent as well, so meta-built ranks get rank 0's values.
+    `via`: the device the tensors travel through. torch sends them from where the parameters live, so host-offloaded
+    parameters (fsdp.cpu_offload) would go over gloo, many times slower than NCCL: with via=cuda each tensor goes
+    over NCCL and every rank copies its own shard back to host memory."""
+    if via is None:
+        set_model_state_dict(model, state if env.is_main else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    else:
+        broadcast_into_shards(model, state, env, via)
     for _, buf in sorted(model.named_buffers()):
         dist.broadcast(buf, src=0)
+
+
+@torch.no_grad()
+def broadcast_into_shards(model: nn.Module, state: dict[str, torch.Tensor] | None, env: DistEnv,
+                          via: torch.device) -> None:
+    """Rank 0's full tensors, one at a time through `via`, into every rank's shards wherever they live."""
+    local = get_model_state_dict(model)  # this rank's DTensor shards, named as in the plain model
+    for name in sorted(local):
+        target = local[name]
+        if env.is_main:
+            full = state[name].to(via, dtype=target.dtype)
+        else:
+            full = torch.empty(target.shape, dtype=target.dtype, device=via)
+        dist.broadcast(full, src=0)
+        if isinstance(target, DTensor):  # this rank's chunk, cut locally (every rank holds the whole tensor)
+            shard = distribute_tensor(full, target.device_mesh, target.placements, src_data_rank=None).to_local()
+            target.to_local().copy_(shard)
+        else:
+            target.copy_(full)

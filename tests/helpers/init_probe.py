@@ -1,10 +1,12 @@
 """Run under torchrun (2 ranks): build the tiny model under each strategy as training does (rank 0 real, rank 1 on
-meta) and save, per rank, where every buffer and parameter ended and the buffers' values."""
+meta) and save, per rank, where every buffer and parameter ended, the buffers' values and the full parameters (their
+shards gathered)."""
 
 import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,6 +26,8 @@ for fsdp in ("full_shard", "offload", "no_shard"):
         "compute_device": str(env.device),
         "buffers": {name: (str(b.device), b.detach().cpu().clone()) for name, b in model.named_buffers()},
         "param_devices": sorted({str(p.device) for p in model.parameters()}),
+        "params": {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+                   for name, p in model.named_parameters()},
     }
 torch.save(found, out / f"rank{env.rank}.pt")
 del model  # nothing holds a process group when it goes (cpt.train does the same)

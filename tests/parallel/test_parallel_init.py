@@ -1,5 +1,6 @@
 """Meta-device init (cpt.parallel.parallelize.build_parallel_model): a rank that built the model on the meta device ends
-with every buffer where compute runs, holding rank 0's values, under every strategy (CPU offload included)."""
+with every buffer where compute runs, holding rank 0's values, and every parameter shard holding rank 0's weights,
+under every strategy (CPU offload included: its shards are filled by broadcast_into_shards)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, rank_env
+from conftest import ROOT, TINY, compose_cfg, rank_env
+from cpt.config.schema import to_run_config
+from cpt.model.build import build_model
 
 
 def test_meta_built_rank_buffers_are_rank0s_and_where_compute_runs(tmp_path):
@@ -18,7 +21,15 @@ def test_meta_built_rank_buffers_are_rank0s_and_where_compute_runs(tmp_path):
                           env=rank_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    torch.manual_seed(to_run_config(compose_cfg(TINY)).trainer.seed)  # the weights rank 0 built
+    reference = {n: p.detach() for n, p in build_model(to_run_config(compose_cfg(TINY)).model).named_parameters()}
     for fsdp in ("full_shard", "offload", "no_shard"):
+        for rank in (rank0, rank1):
+            params = {n.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", ""): p
+                      for n, p in rank[fsdp]["params"].items()}
+            assert params.keys() == reference.keys(), fsdp
+            for name, value in params.items():
+                assert torch.equal(value, reference[name]), (fsdp, name)
         built, received = rank0[fsdp], rank1[fsdp]
         assert received["buffers"], fsdp  # the rotary frequencies at least
         assert received["buffers"].keys() == built["buffers"].keys()
@@ -34,10 +45,6 @@ def test_only_rank_0_reads_pretrained_weights(tmp_path):
     from_pretrained raises on rank 1: rank 1 builds on meta and receives rank 0's weights, so both give the
     saved model's logits."""
     from transformers import AutoModelForCausalLM
-
-    from conftest import TINY, compose_cfg
-    from cpt.config.schema import to_run_config
-    from cpt.model.build import build_model
 
     torch.manual_seed(1)
     build_model(to_run_config(compose_cfg(TINY)).model).save_pretrained(tmp_path / "pretrained")
