@@ -63,8 +63,9 @@ class LossImpl(str, Enum):
 
 
 class AccumReduce(str, Enum):
-    last = "last"  # full_shard/shard_grad_op: reduce-scatter once per step; unsharded fp32 grads live in between
-    every = "every"  # reduce-scatter every micro-step: sharded grads only (less memory), one collective per micro-step
+    # full_shard/shard_grad_op with grad_accum > 1 (bench/step_memory.py measures both):
+    every = "every"  # reduce-scatter every micro-step: only sharded gradients live between micro-steps (ZeRO's saving)
+    last = "last"  # reduce-scatter once per step: unsharded fp32 gradients of the whole model live in between
 
 
 class Device(str, Enum):
@@ -288,7 +289,7 @@ class TrainerConfig:
     doc_masking: bool = True  # packed documents attend only to themselves: positions restart after EOS (doc_masking.py)
     # gradient accumulation under FSDP: when micro-steps reduce-scatter (hybrid_shard always reduce-scatters and
     # all-reduces across replicas on the last micro-step only; DDP reduces on the last one)
-    accum_reduce: AccumReduce = AccumReduce.last
+    accum_reduce: AccumReduce = AccumReduce.every
 
 
 @dataclass

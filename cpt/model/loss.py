@@ -23,6 +23,7 @@ from cpt.config.schema import LossImpl
 from cpt.model.doc_masking import masking_inputs
 
 CHUNK_BYTES = 2**28  # fp32 logits of one chunk: 256 MiB (431 tokens at Qwen2.5's vocabulary, 5,461 at 12,288)
+VOCAB_BLOCK = 16_384  # rows of a low-precision weight gradient computed at once (28 MiB in bf16 at hidden 896)
 
 # config fields of models whose logits are not just hidden @ lm_head.T (soft-capping, scaling): plain loss only
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -81,42 +82,67 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int,
                           want_hidden: bool, want_weight: bool):
     """sum_i CE(hidden_i @ weight.T, target_i) over chunks of `rows` rows, and the gradients of that sum with respect
-    to hidden and weight where wanted (None otherwise)."""
+    to hidden and weight where wanted (None otherwise). One chunk of fp32 logits exists at a time, and the weight's
+    gradient is one fp32 accumulator."""
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if want_hidden else None
     grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
     for start in range(0, hidden.shape[0], rows):
-        h, t = hidden[start:start + rows], targets[start:start + rows]
-        logits = (h @ weight.T).float()
-        lse = torch.logsumexp(logits, dim=-1)
-        total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-        if want_hidden or want_weight:
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            grad[torch.arange(len(t), device=t.device), t] -= 1.0
-            grad = grad.to(hidden.dtype)
-            if want_hidden:
-                grad_hidden[start:start + rows] = grad @ weight
-            if want_weight:
-                grad_weight += (grad.T @ h).float()
+        total += _chunk(hidden[start:start + rows], weight, targets[start:start + rows],
+                        None if grad_hidden is None else grad_hidden[start:start + rows], grad_weight)
     return total, grad_hidden, grad_weight
 
 
+def _chunk(h: torch.Tensor, weight: torch.Tensor, t: torch.Tensor, grad_h: Optional[torch.Tensor],
+           grad_weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """One chunk's summed loss; its gradients written into grad_h and added to grad_weight. A function of its own:
+    the chunk's logits are freed on return, before the next chunk's exist."""
+    logits = (h @ weight.T).float()
+    target_logits = logits.gather(1, t[:, None]).squeeze(1)
+    # log-sum-exp in place of the logits (torch.logsumexp would allocate a second chunk's worth)
+    peak = logits.amax(dim=-1, keepdim=True)
+    sums = logits.sub_(peak).exp_().sum(dim=-1, keepdim=True)  # the logits now hold exp(logit - max)
+    loss = (peak + sums.log()).squeeze(1).sub_(target_logits).sum()
+    if grad_h is None and grad_weight is None:
+        return loss
+    grad = logits.div_(sums)  # softmax, in place
+    grad[torch.arange(len(t), device=t.device), t] -= 1.0
+    grad = grad.to(h.dtype)
+    if grad_h is not None:
+        torch.mm(grad, weight, out=grad_h)
+    if grad_weight is not None:  # accumulated in place: no weight-sized temporary
+        if grad.dtype == grad_weight.dtype:
+            grad_weight.addmm_(grad.T, h)
+        else:  # bf16 products into the fp32 accumulator, a block of vocabulary rows at a time
+            for v in range(0, grad_weight.shape[0], VOCAB_BLOCK):
+                grad_weight[v:v + VOCAB_BLOCK].add_(grad[:, v:v + VOCAB_BLOCK].T @ h)
+    return loss
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """The summed loss of chunked_cross_entropy with its gradients, computed in forward and only scaled in backward."""
+    """The summed loss of chunked_cross_entropy with its gradients, computed in forward and only scaled in backward.
+
+    The gradients are this node's own (no one else sees them), so they are kept as plain attributes rather than saved
+    tensors: backward takes them out, scales them in place and hands them over, so autograd can adopt the weight's
+    gradient instead of copying it, and an fp32 accumulator is freed as soon as its cast to the weight's dtype exists.
+    Hence backward runs once per forward (no retain_graph)."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:
         wanted = ctx.needs_input_grad[:2]  # (hidden, weight)
-        total, grad_hidden, grad_weight = chunked_cross_entropy(hidden, weight, targets, rows, *wanted)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        total, ctx.grad_hidden, ctx.grad_weight = chunked_cross_entropy(hidden, weight, targets, rows, *wanted)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        if not hasattr(ctx, "grad_weight"):
+            raise RuntimeError("ChunkedLinearCrossEntropy hands its gradients over in backward: it runs once per "
+                               "forward (no retain_graph)")
+        grad_hidden, grad_weight = ctx.grad_hidden, ctx.grad_weight
+        del ctx.grad_hidden, ctx.grad_weight
         if grad_hidden is not None:
-            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+            grad_hidden.mul_(grad_total.to(grad_hidden.dtype))
         if grad_weight is not None:
-            grad_weight = (grad_weight * grad_total).to(ctx.weight_dtype)
+            grad_weight = grad_weight.mul_(grad_total).to(ctx.weight_dtype)  # the fp32 one goes with this line
         return grad_hidden, grad_weight, None, None

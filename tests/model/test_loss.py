@@ -81,6 +81,32 @@ def test_chunked_never_materializes_the_micro_batch_logits(monkeypatch):
     assert sizes[LossImpl.chunked] == tokens * 256 < tokens * VOCAB
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_loss_holds_one_chunk_and_one_weight_gradient(dtype, monkeypatch):
+    """Live bytes, counted per tensor (torch's MemTracker), of forward + backward beyond the inputs: the fp32 weight
+    gradient, one chunk of fp32 logits (with its low-precision copy under bf16), the hidden states' gradient and a
+    little. A chunk kept alive into the next one, a log-sum-exp that copies the chunk, or a weight-sized product or
+    scaled copy would each add a chunk's or a weight's worth."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    vocab, hidden, tokens, rows = 4096, 64, 256, 64
+    monkeypatch.setattr(loss_module, "VOCAB_BLOCK", 512)
+    torch.manual_seed(0)
+    weight = torch.randn(vocab, hidden, dtype=dtype, requires_grad=True)
+    states = torch.randn(tokens, hidden, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, vocab, (tokens,))
+    tracker = MemTracker()
+    with tracker:
+        seen = sum(v["Total"] for v in tracker.get_tracker_snapshot("current").values())
+        (loss_module.ChunkedLinearCrossEntropy.apply(states, weight, targets, rows) / tokens).backward()
+    peak = sum(v["Total"] for v in tracker.get_tracker_snapshot("peak").values()) - seen
+    inputs = (weight.numel() + states.numel()) * weight.element_size() + targets.numel() * 8
+    chunk = rows * vocab * 4 * (1.5 if dtype == torch.bfloat16 else 1)
+    bound = vocab * hidden * 4 + chunk + 2 * states.numel() * 4 + 512 * hidden * 2
+    assert peak - inputs <= 1.05 * bound, (peak - inputs, bound)
+    assert weight.grad.dtype == dtype and torch.isfinite(weight.grad).all()
+
+
 def test_models_with_logit_transforms_use_the_plain_path():
     model, inputs, targets = model_and_batch(tied=True)
     model.config.final_logit_softcapping = 30.0

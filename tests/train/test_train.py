@@ -52,9 +52,9 @@ def _curve(records):
     ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
     ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                   "trainer.activation_checkpointing=true"]),
-    # full_shard reducing every micro-step (sharded gradients between micro-steps) instead of on the last one
-    pytest.param("accum_every", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                                 "trainer.accum_reduce=every"], marks=FULL),
+    # full_shard reducing on the last micro-step only (unsharded gradients between micro-steps), not every one
+    pytest.param("accum_last", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                                "trainer.accum_reduce=last"], marks=FULL),
     # 2 replicas of 1 shard: reduce-scatter every micro-step, the cross-replica all-reduce on the last one only
     pytest.param("hybrid_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                                   "fsdp=hybrid_shard", "fsdp.shard_size=1"], marks=FULL),
