@@ -5,7 +5,9 @@ whatever GPUs the machine has, it checks the path users train on and prints mark
    trains the Qwen2.5-0.5B architecture (random init, bf16, seq 2048) for --steps steps on all GPUs; every loss
    curve must stay within --tol of full_shard's (bf16 sums in another order: 0.05 by default);
 2. a run killed after a checkpoint and started again gives the uninterrupted run's losses (within --resume-tol;
-   bit-identical on CPU, GPU kernels may reduce in another order);
+   bit-identical on CPU, GPU kernels may reduce in another order), and so does one warned by SIGUSR2 (it saves
+   asynchronously through pinned buffers, stops, and resumes at the step after the warning); grad_accum=2 with
+   either accum_reduce gives full_shard's curve;
 3. the run's export reloads in transformers and scores one window as finitely as the run did;
 4. the MFU matrix of bench/gpu_mfu.py on one GPU (compile x activation checkpointing, chunked loss, and the plain
    loss once) and the largest micro-batch of the fastest setting.
@@ -18,9 +20,11 @@ Exit status 1 if a check fails.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -71,6 +75,11 @@ def main() -> int:
     resume_tol = resume_tol if args.resume_tol is None else args.resume_tol
     base += [f"trainer.steps={args.steps}", "optim.warmup_steps=2", "checkpoint.at_end=false", "export.enabled=false"]
     strategies = {name: [f"fsdp={name}"] for name in ("full_shard", "shard_grad_op", "offload")}
+    # the same global batch in 2 micro-steps: reduce-scatter every micro-step (the default) and once per step
+    half_batch = f"trainer.micro_batch_size={(2 if args.cpu else args.batch) // 2}"
+    strategies |= {f"full_shard, grad_accum=2, accum_reduce={r}": ["fsdp=full_shard", half_batch,
+                                                                   "trainer.grad_accum=2", f"trainer.accum_reduce={r}"]
+                   for r in ("every", "last")}
     if gpus >= 2:  # hybrid: two replicas of a half-machine shard group
         strategies |= {"hybrid_shard": ["fsdp=hybrid_shard", f"fsdp.shard_size={gpus // 2}"],
                        "no_shard": ["fsdp=no_shard"]}
@@ -78,7 +87,8 @@ def main() -> int:
     print(header(f"GPU acceptance check ({gpus} {'CPU rank' if args.cpu else 'GPU'}{'s' if gpus > 1 else ''})",
                  sys.argv, None))
     with tempfile.TemporaryDirectory() as tmp:
-        curves = {name: train([*base, *extra], Path(tmp) / name) for name, extra in strategies.items()}
+        curves = {name: train([*base, *extra], Path(tmp) / re.sub(r"\W+", "_", name))  # a directory name
+                  for name, extra in strategies.items()}
         ref = curves["full_shard"]
         # the benches train without document masking (same math as HF/bare); the default path masks: run it once
         # (flex_attention's block mask, the GPU default, against sdpa's dense mask from position ids: the same math)
@@ -87,6 +97,13 @@ def main() -> int:
         masking = [*base, "fsdp=full_shard", "trainer.doc_masking=true"]
         masked = train([*masking, f"model.attn_implementation={kernel}"], Path(tmp) / "doc_masking")
         masked_sdpa = train([*masking, "model.attn_implementation=sdpa"], Path(tmp) / "doc_masking_sdpa")
+        # flash-attention-2 masks documents through its variable-length path at micro-batch 1 (cpt refuses more):
+        # against sdpa's dense mask at the same micro-batch, when the flash_attn package is installed
+        fa2 = fa2_sdpa = None
+        if not args.cpu and importlib.util.find_spec("flash_attn") is not None:
+            one = [*masking, "trainer.micro_batch_size=1"]
+            fa2 = train([*one, "model.attn_implementation=flash_attention_2"], Path(tmp) / "doc_masking_fa2")
+            fa2_sdpa = train([*one, "model.attn_implementation=sdpa"], Path(tmp) / "doc_masking_fa2_sdpa")
         # LoRA: frozen bf16 base and trainable adapters in one FSDP2 block, adapter-only gradients and optimizer
         lora = train([*base, "fsdp=full_shard", "model.lora.enabled=true"], Path(tmp) / "lora")
         print(f"| strategy | steps | first loss | last loss | max abs diff vs full_shard (tol {tol:g}) | check |")
@@ -103,6 +120,16 @@ def main() -> int:
         print(f"\nfull_shard with trainer.doc_masking=true, {kernel} attention: {len(masked)} steps, "
               f"last loss {masked[-1] if masked else float('nan'):.4f}, max abs diff vs sdpa's dense document mask "
               f"{masked_diff:.2e} (tol {tol:g}): **{'PASS' if good_masked else 'FAIL'}**.")
+        if fa2 is None:
+            print("\nflash_attention_2 document masking: not checked (" + ("CPU dry run" if args.cpu else
+                  "the flash_attn package is not installed: pip install flash-attn, then run this again") + ").")
+        else:
+            fa2_diff = max_diff(fa2, fa2_sdpa)
+            good_fa2 = len(fa2) == args.steps and all(math.isfinite(x) for x in fa2) and fa2_diff <= tol
+            ok &= good_fa2
+            print(f"\nfull_shard with trainer.doc_masking=true, flash_attention_2, micro-batch 1: {len(fa2)} steps, "
+                  f"max abs diff vs sdpa's dense document mask {fa2_diff:.2e} (tol {tol:g}): "
+                  f"**{'PASS' if good_fa2 else 'FAIL'}**.")
         good_lora = len(lora) == args.steps and all(math.isfinite(x) for x in lora)
         ok &= good_lora
         print(f"\nfull_shard with model.lora.enabled=true (frozen base, adapters train): {len(lora)} steps, last loss "
@@ -124,6 +151,19 @@ def main() -> int:
               f"abs loss diff vs the uninterrupted run {diff:.2e} (tol {resume_tol:g}): "
               f"**{'PASS' if good_resume else 'FAIL'}**. "
               f"Export reload: **{export_check}**.\n")
+        # SIGUSR2 (Slurm's warning) after step `half`: every rank saves at the next step with an asynchronous save
+        # (pinned staging buffers on GPU), stops; the rerun resumes there and ends on the uninterrupted curve
+        warned_dir = Path(tmp) / "warned"
+        warned = [*base, "fsdp=full_shard", "checkpoint.async_save=true"]
+        train(warned, warned_dir, {"CPT_FAULT_SIGNAL": f"{gpus - 1}:{half}"})  # the last rank only
+        diff = max_diff(train(warned, warned_dir), ref)
+        records = [json.loads(line) for line in (warned_dir / "metrics.jsonl").read_text().splitlines()]
+        restarts = [r["step"] for r in records if "resumed_from" in r]
+        good_warned = diff <= resume_tol and restarts == [half + 1]
+        ok &= good_warned
+        print(f"SIGUSR2 to rank {gpus - 1} after step {half} (async saves): stopped and resumed at steps {restarts} "
+              f"(expected [{half + 1}]), max abs loss diff vs the uninterrupted run {diff:.2e} (tol {resume_tol:g}): "
+              f"**{'PASS' if good_warned else 'FAIL'}**.\n")
     mfu = [sys.executable, str(ROOT / "bench" / "gpu_mfu.py"), "--max-batch"]
     mfu += (["--cpu", "--size", "tiny", "--steps", "6", "--warmup", "2", "--compile", "off", "--batch-limit", "8"]
             if args.cpu else [])

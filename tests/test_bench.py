@@ -61,11 +61,13 @@ def test_gpu_mfu_runs_on_cpu_at_a_small_size(bench_data):
 
 
 def test_gpu_check_passes_on_two_cpu_ranks(bench_data):
-    """The GPU acceptance command, dry-run on CPU: strategies agree, the resume is exact, the export reloads, the MFU
-    matrix and the micro-batch probe run."""
+    """The GPU acceptance command, dry-run on CPU: strategies (and accumulation both ways) agree, the resume after a
+    kill and the one after SIGUSR2 are exact, the export reloads, the MFU matrix and the micro-batch probe run."""
     _, out = bench("gpu_check.py", ["--cpu", "--steps", "6"], bench_data)
-    for strategy in ("full_shard", "shard_grad_op", "offload", "hybrid_shard", "no_shard"):
+    for strategy in ("full_shard", "shard_grad_op", "offload", "hybrid_shard", "no_shard",
+                     "full_shard, grad_accum=2, accum_reduce=every", "full_shard, grad_accum=2, accum_reduce=last"):
         assert re.search(rf"^\| {strategy} \| 6 \| .* \| PASS \|$", out, re.M), out
+    assert "SIGUSR2 to rank 1 after step 3 (async saves): stopped and resumed at steps [4]" in out
     assert "max abs loss diff vs the uninterrupted run 0.00e+00" in out and "Export reload: **PASS" in out
     assert "(checkpoint at 3; restarts from steps [3])" in out  # the rerun really resumed
     assert re.search(r"doc_masking=true, eager attention: 6 steps, last loss [0-9.]+, max abs diff vs sdpa's dense "
