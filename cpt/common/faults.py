@@ -8,6 +8,9 @@
   CPT_FAULT_CRASH_IN_SAVE=<step>    rank 0 SIGKILLs itself while the checkpoint of <step> is written (shards on
                                     disk, not yet published)
   CPT_FAULT_NAN=<step>              the loss of optimizer step <step> becomes NaN on every rank
+  CPT_FAULT_SPIKE=<batch>[:<x>]     the loss of the global batch the loader draws <batch>-th is multiplied by <x>
+                                    (default 50) on every rank: a finite spike of the loss and gradient norm that
+                                    comes with its data (a rolled-back run passing over that batch does not meet it)
   CPT_FAULT_SLOW=<seconds>          every optimizer step takes at least this long (a long job in a short test)
   CPT_FAULT_SLOW_EXPORT=<seconds>   writing the end-of-run export takes at least this long (a slow disk or upload)
   CPT_FAULT_PG_TIMEOUT=<seconds>    the process group's timeout (default 30 minutes): a rank left waiting in a
@@ -62,6 +65,13 @@ def maybe_crash_in_save(step: int, rank: int) -> None:
     spec = _get("CPT_FAULT_CRASH_IN_SAVE")
     if spec and rank == 0 and spec[0] == step:
         _die()
+
+
+def spike_scale(batch: int) -> float:
+    spec = _get("CPT_FAULT_SPIKE")
+    if spec and spec[0] == batch:
+        return float(spec[1]) if len(spec) > 1 else 50.0
+    return 1.0
 
 
 def nan_at(step: int) -> bool:

@@ -57,6 +57,16 @@ class NonFinite(str, Enum):
     stop = "stop"  # stop the run with an error; the last checkpoint stays valid
 
 
+class OnSpike(str, Enum):
+    """A finite loss or gradient-norm spike (cpt/train/spikes.py): what the run does."""
+
+    skip = "skip"  # drop the step's update on the device (the batch is consumed), log it with its documents, go on
+    rollback = "rollback"  # back to the last checkpoint before it, pass over the offending batch, go on
+    stop = "stop"  # the update is dropped and the run stops with an error; checkpoints stay as they were
+    warn = "warn"  # apply the update, log the spike with its documents
+    off = "off"  # no detection
+
+
 class LossImpl(str, Enum):
     chunked = "chunked"  # cross-entropy through the lm_head a chunk of tokens at a time: never the whole logits
     plain = "plain"  # the model's full logits, upcast to fp32 (what HF Trainer does)
@@ -267,6 +277,19 @@ class DataConfig:
 
 
 @dataclass
+class SpikeConfig:
+    """When a step is a spike: its global mean loss or its gradient norm exceeds the mean of the last `window`
+    normal steps by `sigma` standard deviations and by at least `min_rise` of that mean, once `min_steps` normal
+    steps were seen. Spikes and non-finite steps never enter the window."""
+
+    window: int = 100
+    sigma: float = 6.0
+    min_rise: float = 0.1
+    min_steps: int = 20
+    max_rollbacks: int = 3  # on_spike=rollback: more spikes than this in one run stop it
+
+
+@dataclass
 class TrainerConfig:
     steps: int = 100  # optimizer steps
     micro_batch_size: int = 4  # sequences per rank per micro-step
@@ -285,6 +308,11 @@ class TrainerConfig:
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU where the device table has none (CPU)
     progress_bar: bool = True
     on_nonfinite: NonFinite = NonFinite.stop  # a NaN/inf loss or gradient norm: skip the update or stop
+    on_spike: OnSpike = OnSpike.skip  # a finite loss or gradient-norm spike (trainer.spike says what one is)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    # global batches the loader passes over, named by the step that drew them first (a spike's log names them):
+    # they are consumed and never trained on, here and in every resume
+    skip_batches: List[int] = field(default_factory=list)
     loss: LossImpl = LossImpl.chunked  # how the cross-entropy meets the vocabulary (cpt/model/loss.py)
     doc_masking: bool = True  # packed documents attend only to themselves: positions restart after EOS (doc_masking.py)
     # gradient accumulation under FSDP: when micro-steps reduce-scatter (hybrid_shard always reduce-scatters and

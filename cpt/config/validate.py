@@ -6,7 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cpt.config.schema import ATTENTION, RESUME_PLAN_KEYS, ConfigError, DataConfig, EvalConfig, RunConfig, Strategy
+from cpt.config.schema import (
+    ATTENTION,
+    RESUME_PLAN_KEYS,
+    ConfigError,
+    DataConfig,
+    EvalConfig,
+    OnSpike,
+    RunConfig,
+    Strategy,
+)
 
 
 def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
@@ -37,6 +46,7 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
     if unknown:
         raise ConfigError("resume_allow", f"{unknown} are not settings a checkpoint records; choose among "
                           f"{list(RESUME_PLAN_KEYS)}")
+    validate_spikes(cfg)
     if t.eval_interval < 0:
         raise ConfigError("trainer.eval_interval",
                           f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")
@@ -175,3 +185,20 @@ def validate_stages(cfg: DataConfig, names: list[str]) -> None:
     if cfg.stages and cfg.stages[-1].until != 1:
         raise ConfigError(f"data.stages[{len(cfg.stages) - 1}].until",
                           f"the last stage must run to the end of training (1.0), got {cfg.stages[-1].until}")
+
+
+def validate_spikes(cfg: RunConfig) -> None:
+    t, sp = cfg.trainer, cfg.trainer.spike
+    if sp.window < 2 or not 2 <= sp.min_steps <= sp.window:
+        raise ConfigError("trainer.spike", f"needs window >= 2 and 2 <= min_steps <= window; got window={sp.window}, "
+                          f"min_steps={sp.min_steps}")
+    if sp.sigma <= 0 or sp.min_rise < 0 or sp.max_rollbacks < 0:
+        raise ConfigError("trainer.spike", f"needs sigma > 0, min_rise >= 0, max_rollbacks >= 0; got sigma={sp.sigma}, "
+                          f"min_rise={sp.min_rise}, max_rollbacks={sp.max_rollbacks}")
+    if t.on_spike == OnSpike.rollback and cfg.checkpoint.interval < 1:
+        raise ConfigError("trainer.on_spike", "is rollback but checkpoint.interval=0: there would be no checkpoint "
+                          "from before a spike to go back to. Set checkpoint.interval=<steps>, or on_spike=skip")
+    bad = [b for b in t.skip_batches if b < 1]
+    if bad:
+        raise ConfigError("trainer.skip_batches", f"names global batches by the step that drew them (1, 2, ...); got "
+                          f"{bad}")

@@ -2,4 +2,4 @@
 readers `convert`/`pdf`, `chunk`, `clean`, `split` and `dedup` signatures per file, locally or as a Slurm array with
 `slurm_prepare`; `publish` decides, packs with `pack` and writes `manifest` + shards, reporting through
 `prepare_report`), then the training side: `manifest` opens the prepared shards, `mixture` weighs sources and stages,
-`loader` yields exact, resumable windows. May import cpt.common, cpt.assets, cpt.config and cpt.model (tokenizers)."""
+`loader` yields exact, resumable windows, `provenance` names a window's documents. May import cpt.common, cpt.assets, cpt.config and cpt.model (tokenizers)."""

@@ -9,7 +9,9 @@ its first seq_len tokens, targets the last seq_len). Training:
 - each source serves its windows in a seeded random order, a new permutation each epoch, without replacement;
 - rank r's micro-step m takes slice (m * world + r) of the global batch: ranks see disjoint windows, and N ranks
   see exactly the batch that 1 rank with N times the accumulation sees;
-- the position is {"step", "consumed" per source}: saving and restoring it is O(1), nothing is replayed.
+- the position is {"step", "consumed" per source}: saving and restoring it is O(1), nothing is replayed;
+- global batches named in `skip` (by their draw number: the step that draws them in a run without skips) are drawn
+  and passed over, never trained on (trainer.skip_batches, or a spike's rollback); the set is part of the position.
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ class MixtureLoader:
                                  f"trainer.seq_len+1={seq_len + 1}: add data or shorten trainer.seq_len")
         self.stage_shares = [torch.tensor([stage[n] for n in self.names], dtype=torch.float64)
                              for stage in self.mixture.stages]
-        self.step = 0
+        self.step = 0  # global batches drawn so far (skipped ones included)
         self.consumed = {n: 0 for n in self.names}
+        self.skip: set[int] = set()  # draw numbers (1-based) passed over
+        self.recent: dict[int, list[tuple[str, int]]] = {}  # draw number -> its samples' (source, token start)
+        self.keep_recent = 1  # how many of the last trained draws `recent` remembers (the loop: its log interval)
         self._perm_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "consumed": dict(self.consumed)}
+        return {"step": self.step, "consumed": dict(self.consumed), "skip": sorted(self.skip)}
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.names) - set(state["consumed"])
@@ -85,6 +90,8 @@ class MixtureLoader:
             raise ValueError(f"loader state has no position for sources {sorted(missing)}")
         self.step = int(state["step"])
         self.consumed = {n: int(state["consumed"][n]) for n in self.names}
+        self.skip = set(state.get("skip", []))  # checkpoints written before skips existed have none
+        self.recent.clear()
 
     def _window_id(self, name: str, index: int) -> int:
         """The index-th window served by a source: epoch-wise seeded permutations, no replacement within one."""
@@ -104,14 +111,25 @@ class MixtureLoader:
         shares = self.stage_shares[self.mixture.stage_of(step)]
         return torch.multinomial(shares, self.global_batch, replacement=True, generator=g).tolist()
 
-    def next_batches(self) -> list[Batch]:
-        """This rank's grad_accum micro-batches of the next optimizer step; advances the position."""
-        starts = []  # (source, token start) of every sample of the global batch, in order
+    def _draw(self) -> list[tuple[str, int]]:
+        """The next global batch's samples as (source, token start), in order; advances the position."""
+        starts = []
         for s in self.sources_of_step(self.step):
             name = self.names[s]
             starts.append((name, self._window_id(name, self.consumed[name]) * self.seq_len))
             self.consumed[name] += 1
         self.step += 1
+        return starts
+
+    def next_batches(self) -> list[Batch]:
+        """This rank's grad_accum micro-batches of the next optimizer step (after any skipped draws); advances the
+        position. `self.step` is then this batch's draw number."""
+        starts = self._draw()
+        while self.step in self.skip:
+            starts = self._draw()
+        self.recent[self.step] = starts
+        while len(self.recent) > self.keep_recent:  # the oldest first (a dict keeps insertion order)
+            del self.recent[next(iter(self.recent))]
         batches = []
         for m in range(self.grad_accum):
             first = (m * self.world + self.rank) * self.micro_batch

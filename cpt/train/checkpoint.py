@@ -252,6 +252,11 @@ class Checkpointer:
                 self._publish(tmp, step, start)
         dist.barrier()
 
+    def before(self, step: int) -> Optional[Path]:
+        """The newest complete checkpoint of this run from before `step`, or None."""
+        complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p) and int(p.name[5:]) < step)
+        return complete[-1] if complete else None
+
     def close(self) -> None:
         """Collective, at the end of training: the last save completes and is published; the staging buffers (a
         model's worth of pinned host memory per rank on GPU) and the save group are released."""

@@ -21,8 +21,9 @@ from cpt.common.errors import UserError
 from cpt.common.logs import setup_logging
 from cpt.config.schema import LossImpl, RunConfig, TrainerConfig
 from cpt.data.loader import MixtureLoader, TokenStream
-from cpt.data.manifest import load_manifest, open_streams
+from cpt.data.manifest import data_dir, load_manifest, open_streams
 from cpt.data.mixture import training_mixture
+from cpt.data.provenance import DocumentIndex
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
 from cpt.eval.heldout import perplexity, rank_windows, summed_loss
 from cpt.model.build import check_vocab, check_weights_loaded
@@ -46,6 +47,7 @@ from cpt.train.metrics import (
 from cpt.train.optim import build_optimizer, build_scheduler
 from cpt.train.preemption import Preemption
 from cpt.train.resume_plan import check_resume, replan, run_plan
+from cpt.train.spikes import SpikeGuard, respond
 from cpt.train.state import NonFiniteGuard, TrainState
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,11 @@ log = logging.getLogger(__name__)
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable, grad_accum: int,
                grad_clip: Optional[float], amp=nullcontext(), inject_nan: bool = False,
                sync: Callable[[bool], None] = lambda last: None, loss_impl: LossImpl = LossImpl.chunked,
-               eos_id: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               eos_id: Optional[int] = None, spikes: Optional[SpikeGuard] = None,
+               loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step over `grad_accum` micro-batches; `sync(is_last)` says before each backward what that
     micro-step reduces (cpt.parallel.parallelize.gradient_sync); `eos_id`: the documents of a window are masked from
-    each other (cpt.model.doc_masking).
+    each other (cpt.model.doc_masking); `spikes`: the spike guard, whose flag can drop the update too.
     Returns this rank's mean loss, the global gradient norm (before clipping) and a device flag, 1.0 when that norm
     was not finite (NaN/inf loss on any rank): the fused optimizer then skips the update on the device, leaving
     weights and moments untouched, without the host waiting for the step to finish."""
@@ -68,6 +71,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
             loss = lm_loss(model, inputs, targets, impl=loss_impl, eos_id=eos_id) / grad_accum
         if inject_nan:
             loss = loss * float("nan")
+        if loss_scale != 1.0:  # a fault: a spike that comes with this batch
+            loss = loss * loss_scale
         loss.backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
     params = [p for p in model.parameters() if p.grad is not None]
@@ -76,7 +81,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
     else:
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     grad_norm = grad_norm.to_local() if isinstance(grad_norm, DTensor) else grad_norm  # replicated: same on all ranks
-    optimizer.found_inf = nonfinite = (~torch.isfinite(grad_norm)).float()  # read by the fused AdamW kernel
+    nonfinite = (~torch.isfinite(grad_norm)).float()
+    drop = nonfinite if spikes is None or not spikes.enabled else torch.maximum(
+        nonfinite, spikes.flag(loss_sum, grad_norm, nonfinite))
+    optimizer.found_inf = drop  # read by the fused AdamW kernel: 1.0 leaves weights and moments untouched
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm, nonfinite
@@ -156,15 +164,20 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
 
     state = TrainState()
     guard = NonFiniteGuard(t.on_nonfinite, env.device, run_dir / cfg.checkpoint.dir)
+    spikes = SpikeGuard(t.on_spike, t.spike, env.device, env.world_size)
     plan = run_plan(cfg, env.world_size, manifest["fingerprint"])
     ckpt = Checkpointer(cfg.checkpoint, run_dir, env, model, optimizer,
-                        states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader},
+                        states={"train": state, "nonfinite": guard, "scheduler": scheduler, "loader": train_loader,
+                                "spikes": spikes},
                         trainable_only=cfg.model.lora.enabled, plan=plan)
     resume_from = resolve_resume(cfg.resume, ckpt.root)
     if resume_from is not None:
         changes = check_resume(read_plan(resume_from), plan, cfg.resume_allow, resume_from)
         ckpt.load(resume_from)
         replan(changes, cfg, optimizer, scheduler, state.step)
+    train_loader.skip |= set(t.skip_batches)  # with those the checkpoint's position already holds
+    train_loader.keep_recent = t.log_interval  # a spike's batch is named at the next check: log steps at the latest
+    documents = DocumentIndex(data_dir(cfg.data) / "docs", train_loader.streams, tokenizer.eos_token_id)
     tracker = None
     if env.is_main and cfg.logger.wandb:
         tracker = tracking.start(cfg.logger, run_dir, yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -188,11 +201,13 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
         check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size, env.device)
     while state.step < t.steps:
-        loss, grad_norm, bad = train_step(model, optimizer, train_loader.next_batches(), t.grad_accum,
-                                          cfg.optim.grad_clip, amp, faults.nan_at(state.step + 1), sync, t.loss,
-                                          eos_id)
+        batches = train_loader.next_batches()
+        loss, grad_norm, bad = train_step(model, optimizer, batches, t.grad_accum, cfg.optim.grad_clip, amp,
+                                          faults.nan_at(state.step + 1), sync, t.loss, eos_id, spikes,
+                                          faults.spike_scale(train_loader.step))
         state.step += 1
         done = state.step
+        spikes.record(done, train_loader.step)
         if t.compile and done == 1:
             log_graph_breaks()
         guard.record(bad, done)
@@ -213,6 +228,11 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
                 record["optim_mib"] = optimizer_state_mib(optimizer)
             sink.write(record)
+        if (done % t.log_interval == 0 or done == t.steps or ckpt.due(done, t.steps) or stop) and respond(
+                spikes.check(), spikes, ckpt, train_loader, sink, documents, t.seq_len, run_dir / "spikes",
+                env.is_main):
+            sink.rewind(state.step)
+            continue  # rolled back: the loop goes on from the checkpoint's step
         if (t.eval_interval and done % t.eval_interval == 0) or done == t.steps:
             throughput.pause()
             val_loss = validate_and_log(done)

@@ -166,6 +166,12 @@ class MetricsSink:
         if self.bar is not None:
             self.bar.update(steps)
 
+    def rewind(self, step: int) -> None:
+        """The run went back to `step` (a spike's rollback)."""
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

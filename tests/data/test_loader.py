@@ -121,11 +121,33 @@ def test_resuming_costs_the_same_at_any_step(tmp_path, monkeypatch):
     for _ in range(37):
         ref.next_batches()
     near = ref.state_dict()
-    far = {"step": 20_000, "consumed": {"legal": 14_013, "general": 5_987}}
+    far = {"step": 20_000, "consumed": {"legal": 14_013, "general": 5_987}, "skip": [512]}
     for cost in (cost_of_resuming_at(near), cost_of_resuming_at(far)):
         # one step of 4 windows: 4 reads, at most one permutation per source (the one its position falls in)
         assert cost["read"] == 4 and 1 <= cost["perm"] <= 2, cost
     assert near.keys() == far.keys() and near["consumed"].keys() == far["consumed"].keys()
+
+
+def test_skipped_batches_are_drawn_and_passed_over_and_the_skips_resume(tmp_path):
+    """Skipping draw 3: the loader's 3rd batch is an unskipped loader's 4th, and so on; the skip set travels in the
+    state, so a loader restored before the skipped draw passes over it too; `recent` names the last draws' windows."""
+    legal = make_stream(tmp_path, "legal", np.arange(16 * 50 + 1))
+    general = make_stream(tmp_path, "general", 30000 + np.arange(16 * 50 + 1))
+    streams, weights = {"legal": legal, "general": general}, {"legal": 0.7, "general": 0.3}
+    plain = loader(streams, weights)
+    reference = [plain.next_batches()[0][0] for _ in range(6)]
+    skipping = loader(streams, weights)
+    skipping.skip = {3}
+    skipping.keep_recent = 2
+    got = [skipping.next_batches()[0][0] for _ in range(2)]
+    state = skipping.state_dict()
+    got += [skipping.next_batches()[0][0] for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(got, reference[:2] + reference[3:6]))
+    assert skipping.step == 6 and sorted(skipping.recent) == [5, 6]  # draw numbers; 3 was passed over
+    assert [start for _, start in skipping.recent[6]] == [int(row[0]) % 30000 for row in reference[5]]
+    restored = loader(streams, weights)
+    restored.load_state_dict(state)
+    assert state["skip"] == [3] and torch.equal(restored.next_batches()[0][0], reference[3])
 
 
 def test_source_too_small_for_one_window_is_an_error(tmp_path):
