@@ -218,6 +218,7 @@ class SourceConfig:
     paths: List[str] = MISSING
     format: Optional[str] = None  # text | csv | tsv | json | jsonl | pdf; null = from each file's extension
     weight: float = 1.0  # share of training windows drawn from this source (normalized over sources)
+    max_epochs: Optional[float] = None  # a run planned to go through this source more often is refused; null = no cap
     dedup: Optional[DedupConfig] = None  # this source's dedup settings; null = data.dedup
 
 
@@ -259,6 +260,7 @@ class DataConfig:
     # null = the sources' weights decide (cpt/data/mixture.py)
     replay: Optional[float] = None
     stages: List[StageConfig] = field(default_factory=list)  # a mixture that changes during training; [] = one
+    warn_epochs: float = 4.0  # a run planned to go through a source more often than this says so
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

@@ -47,6 +47,8 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("resume_allow", f"{unknown} are not settings a checkpoint records; choose among "
                           f"{list(RESUME_PLAN_KEYS)}")
     validate_spikes(cfg)
+    if d.warn_epochs <= 0 or any(s.max_epochs is not None and s.max_epochs <= 0 for s in d.sources):
+        raise ConfigError("data.warn_epochs", "and every data.sources[].max_epochs must be > 0")
     if t.eval_interval < 0:
         raise ConfigError("trainer.eval_interval",
                           f"must be >= 0 (0 = validate only at the end), got {t.eval_interval}")

@@ -24,6 +24,7 @@ from cpt.data.loader import MixtureLoader, TokenStream
 from cpt.data.manifest import data_dir, load_manifest, open_streams
 from cpt.data.mixture import training_mixture
 from cpt.data.provenance import DocumentIndex
+from cpt.data.repetition import check_repetition, planned_epochs
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
 from cpt.eval.heldout import perplexity, rank_windows, summed_loss
 from cpt.model.build import check_vocab, check_weights_loaded
@@ -154,6 +155,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
             log.info("source %s has weight 0: prepared and validated, not trained on", name)
     train_loader = MixtureLoader(open_streams(cfg.data, manifest, "train"), mixture, t.seq_len, t.micro_batch_size,
                                  t.grad_accum, env.rank, env.world_size, t.seed, env.device)
+    epochs = planned_epochs(mixture, t.steps, train_loader.global_batch, train_loader.windows)
+    check_repetition(cfg.data, epochs, train_loader.windows, t.seq_len, env.is_main)
     val_streams = validation_streams(cfg, manifest, env)
     tokens_per_step = train_loader.global_batch * t.seq_len
     peak = peak_flops(env.device, compute_dtype(t.precision, env.device), t.peak_flops)
@@ -184,6 +187,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
     sink = MetricsSink(run_dir, t.steps, state.step, t.progress_bar, env.is_main, tracker)
     if resume_from is not None:  # in the metrics too: where each start of the run began (tests and gpu_check read it)
         sink.write({"step": state.step, "resumed_from": str(resume_from)})
+    sink.write({"step": state.step, **{f"planned_epochs/{name}": value for name, value in epochs.items()}})
 
     def validate_and_log(step: int) -> float:
         losses = validation_losses(model, val_streams, t, env, amp, eos_id, byte_table)
@@ -224,6 +228,8 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
                       **memory_report(env.device)}
             if skipped:
                 record["skipped_steps"] = skipped
+            record.update({f"epochs/{name}": train_loader.consumed[name] / count  # passes over each source so far
+                           for name, count in train_loader.windows.items() if count})
             if done == t.log_interval or done == t.steps:
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
                 record["optim_mib"] = optimizer_state_mib(optimizer)

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from conftest import TINY, assert_resumed, rank_env, read_metrics
 
 FAST = ["trainer.spike.min_steps=4", "trainer.steps=12"]  # detection from step 5 in a short run
+FULL = pytest.mark.full  # the full tier (make test-full): the fast tier keeps the skip test
 
 
 def run(tmp_path, name, extra, fault=None, ok=True):
@@ -56,6 +57,7 @@ def test_a_skipped_spike_leaves_the_weights_of_a_run_whose_update_never_happened
     assert_same_weights(spiked, dropped)
 
 
+@FULL
 def test_rollback_passes_over_the_batch_and_equals_a_run_told_to_skip_it(tmp_path):
     rolled, proc = run(tmp_path, "rolled", ["trainer.on_spike=rollback", "checkpoint.interval=3"],
                        {"CPT_FAULT_SPIKE": "8"})
@@ -68,6 +70,7 @@ def test_rollback_passes_over_the_batch_and_equals_a_run_told_to_skip_it(tmp_pat
     assert last[12] == {r["step"]: r["loss"] for r in read_metrics(told) if "loss" in r}[12]
 
 
+@FULL
 def test_detection_state_survives_sigkill_and_resume(tmp_path):
     """Killed after step 7 (checkpoint at 6), rerun: the spike at step 10 gets the same band, hence the same
     decision, as in the uninterrupted run, and the weights end the same."""
@@ -82,6 +85,7 @@ def test_detection_state_survives_sigkill_and_resume(tmp_path):
     assert_same_weights(killed, straight)
 
 
+@FULL
 @pytest.mark.parametrize("policy,extra,says", [
     ("stop", [], "trainer.on_spike=stop"),
     ("rollback", ["checkpoint.interval=3", "trainer.spike.max_rollbacks=0"], "trainer.spike.max_rollbacks=0"),
@@ -94,6 +98,7 @@ def test_stop_and_the_rollback_limit_end_the_run_with_the_fix(tmp_path, policy, 
     assert max(r["step"] for r in read_metrics(run_dir) if "loss" in r) == 8
 
 
+@FULL
 def test_no_spike_in_a_normal_run_at_the_defaults(tmp_path):
     run_dir, _ = run(tmp_path, "normal", ["trainer.steps=100", "trainer.spike.min_steps=20", "trainer.log_interval=10",
                                           "export.enabled=false"])
