@@ -204,12 +204,17 @@ class Checkpointer:
         set_state_dict(self.model, self.optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optim"],
                        options=self.options)
         saved = safe_load(path / TRAINER_STATE)
-        missing = set(self.states) - set(saved)
+        fresh = {n for n in set(self.states) - set(saved) if getattr(self.states[n], "may_start_fresh", False)}
+        for name in sorted(fresh):
+            log.warning("checkpoint %s holds no '%s' state (it was written before cpt kept one): it starts fresh",
+                        path, name)
+        missing = set(self.states) - set(saved) - fresh
         if missing:
             raise ValueError(f"checkpoint {path} holds no state for {sorted(missing)} (it has {sorted(saved)}): it was "
                              "written by another version of cpt; start fresh with resume=none")
         for name, obj in self.states.items():
-            obj.load_state_dict(saved[name])
+            if name in saved:
+                obj.load_state_dict(saved[name])
         meta = json.loads((path / META).read_text())
         rng = path / f"rng-{self.rank}.pt"
         if meta["world_size"] == self.world and rng.is_file():

@@ -36,6 +36,8 @@ class SpikeStop(UserError):
 
 
 class SpikeGuard:
+    may_start_fresh = True  # a checkpoint from before spike detection resumes with an empty window (warned)
+
     def __init__(self, policy: OnSpike, cfg: SpikeConfig, device: torch.device, world_size: int):
         self.policy, self.cfg, self.world = policy, cfg, world_size
         self.enabled = policy != OnSpike.off

@@ -174,6 +174,22 @@ def test_a_checkpoint_missing_a_registered_state_names_it(tmp_path, env):
         ckpt2.load(path)
 
 
+def test_a_checkpoint_from_before_spike_detection_resumes_with_a_fresh_window(tmp_path, env, caplog):
+    """A state that may start fresh (the spike guard's window) and is missing: a warning, not a refusal."""
+    from cpt.config.schema import OnSpike, SpikeConfig
+    from cpt.train.spikes import SpikeGuard
+
+    *_, ckpt = setup_run(tmp_path, env)
+    ckpt.save(1)
+    path = latest_checkpoint(ckpt.root)
+    *_, ckpt2 = setup_run(tmp_path, env)
+    guard = SpikeGuard(OnSpike.skip, SpikeConfig(), env.device, 1)
+    guard.normal.fill_(7)
+    ckpt2.states["spikes"] = guard
+    ckpt2.load(path)
+    assert "holds no 'spikes' state" in caplog.text and guard.normal.item() == 7
+
+
 def test_a_malicious_value_inside_the_dcp_shards_is_refused(tmp_path, env, monkeypatch):
     """DCP stores non-tensor values (the optimizer's param groups) as pickles inside the shard files and torch's
     planner loads them with weights_only=False; cpt's planner does not. The same file loaded by plain dcp.load runs
