@@ -96,6 +96,10 @@ def test_stop_and_the_rollback_limit_end_the_run_with_the_fix(tmp_path, policy, 
     error = proc.stderr.strip().splitlines()[-1]
     assert error.startswith("error: step 8:") and says in error and "trainer.skip_batches=[8]" in error
     assert max(r["step"] for r in read_metrics(run_dir) if "loss" in r) == 8
+    # the fix it names works: the same command passing over that batch ends, and meets no spike
+    again, _ = run(tmp_path, policy, [f"trainer.on_spike={policy}", *extra, "trainer.skip_batches=[8]"],
+                   {"CPT_FAULT_SPIKE": "8"})
+    assert max(r["step"] for r in read_metrics(again) if "loss" in r) == 12 and len(spikes(again)) == 1
 
 
 @FULL
