@@ -66,11 +66,11 @@ def test_report_matches_the_metrics_and_draws_valid_pngs(local_sweep):
         train = [r for r in records if "loss" in r]
         vals = [r["val_loss"] for r in records if "val_loss" in r]
         assert float(row["final_loss"]) == train[-1]["loss"]
-        assert float(row["best_val_loss"]) == min(vals)
+        assert float(row["min_val_loss"]) == min(vals)
         assert row["status"] == "completed" and int(row["steps"]) == 6
         assert row["overrides"] == ("optim.lr=0.001" if job == "0" else "optim.lr=0.003")
-    best = min(rows.values(), key=lambda r: float(r["best_val_loss"]))["job"]
-    assert f"**{best}** (best)" in (local_sweep / "report.md").read_text()
+    lowest = min(rows.values(), key=lambda r: float(r["min_val_loss"]))["job"]
+    assert f"**{lowest}** (lowest val loss)" in (local_sweep / "report.md").read_text()
     import matplotlib.image
 
     for name in ("train_loss.png", "val_loss.png"):

@@ -2,10 +2,12 @@
 
 Reads every job directory (one holding metrics.jsonl) under the sweep: its overrides (.hydra/overrides.yaml),
 its resolved config and its metrics. Writes into the sweep directory:
-  report.md, report.csv   one row per job: overrides, status, steps, final train loss, best validation loss and
-                          perplexity (and at which step), median tokens/s, and for runs with several sources the
-                          domain gain and the forgetting (cpt/eval/pareto.py); sorted by best validation loss
-  train_loss.png, val_loss.png   the curves of every job, the best job drawn thick and marked in the legend
+  report.md, report.csv   one row per job: overrides, status, steps, final train loss, the lowest validation loss
+                          and its perplexity (and at which step), median tokens/s, and for runs with several sources
+                          the domain gain and the forgetting (cpt/eval/pareto.py); sorted by lowest validation loss
+  train_loss.png, val_loss.png   the curves of every job, the one with the lowest validation loss drawn thick
+One word, one meaning: "best" is only ever the best trade-off of gain against forgetting (one job at most); the
+job with the lowest validation loss is called that, in the tables, the CSV and the plots.
   pareto.png              forgetting against domain gain, one labelled point per completed job, the Pareto front
                           and the best trade-off (largest gain with forgetting <= --max-forgetting); report.md
                           gets the same as a table
@@ -40,7 +42,7 @@ def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
     config = yaml.safe_load((job_dir / "config.yaml").read_text()) if (job_dir / "config.yaml").is_file() else {}
     steps = (config.get("trainer") or {}).get("steps")
     last = max(train) if train else 0
-    best_step = min(val, key=val.get) if val else None
+    min_step = min(val, key=val.get) if val else None
     tps = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
     sources = (config.get("data") or {}).get("sources") or [{}]
     tradeoff = gain_and_forgetting(val_records, domain or sources[0].get("name", ""))
@@ -55,9 +57,9 @@ def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
         "status": status,
         "steps": last,
         "final_loss": train[last]["loss"] if train else None,
-        "best_val_loss": val[best_step] if val else None,
-        "best_val_ppl": perplexity(val[best_step]) if val else None,
-        "best_val_step": best_step,
+        "min_val_loss": val[min_step] if val else None,
+        "min_val_ppl": perplexity(val[min_step]) if val else None,
+        "min_val_step": min_step,
         "tokens_per_s": statistics.median(tps) if tps else None,
         "domain_gain": tradeoff["domain_gain"] if tradeoff else None,
         "forgetting": tradeoff["forgetting"] if tradeoff else None,
@@ -72,12 +74,14 @@ def find_jobs(sweep: Path) -> list[Path]:
     return sorted((p.parent for p in sweep.rglob("metrics.jsonl")), key=lambda p: (len(p.parts), str(p)))
 
 
-COLUMNS = ["job", "overrides", "status", "steps", "final_loss", "best_val_loss", "best_val_ppl", "best_val_step",
+BEST = "best trade-off"  # the only thing a report calls best (cpt/eval/pareto.py's best_tradeoff)
+
+COLUMNS = ["job", "overrides", "status", "steps", "final_loss", "min_val_loss", "min_val_ppl", "min_val_step",
            "tokens_per_s", "domain_gain", "forgetting", "pareto"]
 
 
 # how report.md shows numbers (report.csv keeps full precision)
-_FORMATS = {"final_loss": "{:.4f}", "best_val_loss": "{:.4f}", "best_val_ppl": "{:,.2f}", "tokens_per_s": "{:,.0f}",
+_FORMATS = {"final_loss": "{:.4f}", "min_val_loss": "{:.4f}", "min_val_ppl": "{:,.2f}", "tokens_per_s": "{:,.0f}",
             "domain_gain": "{:+.1%}", "forgetting": "{:+.1%}"}
 
 
@@ -98,8 +102,8 @@ def write_tables(jobs: list[dict], out: Path, tradeoffs: str) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for i, job in enumerate(jobs):
         cells = [_fmt(c, job[c]) for c in COLUMNS]
-        if i == 0 and job["best_val_loss"] is not None:
-            cells[0] = f"**{cells[0]}** (best)"
+        if i == 0 and job["min_val_loss"] is not None:
+            cells[0] = f"**{cells[0]}** (lowest val loss)"
         lines.append("| " + " | ".join(cells) + " |")
     (out / "report.md").write_text(f"# Sweep report: {out}\n\n" + "\n".join(lines) + "\n" + tradeoffs)
 
@@ -121,7 +125,7 @@ def tradeoff_section(jobs: list[dict], out: Path, max_forgetting: float) -> str:
     front = pareto_front(points)
     best = best_tradeoff(points, front, max_forgetting)
     for i, job in enumerate(scored):
-        job["pareto"] = "best" if i == best else "front" if i in front else "dominated"
+        job["pareto"] = BEST if i == best else "front" if i in front else "dominated"
     domain = scored[0]["tradeoff"]["domain"]
     plot_pareto([j["job"] for j in scored], [short_label(j) for j in scored], points, front, best, max_forgetting,
                 domain, out / "pareto.png")
@@ -133,7 +137,7 @@ def tradeoff_section(jobs: list[dict], out: Path, max_forgetting: float) -> str:
              f"forgetting is at most {max_forgetting:.1%} (--max-forgetting).\n",
              "| job | overrides | domain gain | forgetting | Pareto |", "|---|---|---|---|---|"]
     for job in sorted(scored, key=lambda j: -j["domain_gain"]):
-        mark = "**best trade-off**" if job["pareto"] == "best" else job["pareto"]
+        mark = f"**{BEST}**" if job["pareto"] == BEST else job["pareto"]
         lines.append(f"| {job['job']} | {job['overrides']} | {_fmt('domain_gain', job['domain_gain'])} | "
                      f"{_fmt('forgetting', job['forgetting'])} | {mark} |")
     if best is None:
@@ -142,7 +146,7 @@ def tradeoff_section(jobs: list[dict], out: Path, max_forgetting: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(jobs: list[dict], key: str, ylabel: str, path: Path, best: Optional[str]) -> None:
+def plot(jobs: list[dict], key: str, ylabel: str, path: Path, lowest: Optional[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,10 +157,10 @@ def plot(jobs: list[dict], key: str, ylabel: str, path: Path, best: Optional[str
         curve = job[key]
         if not curve:
             continue
-        is_best = job["job"] == best
-        label = f"{job['job']}: {job['overrides'] or '(defaults)'}" + ("  ★ best" if is_best else "")
+        is_lowest = job["job"] == lowest
+        label = f"{job['job']}: {job['overrides'] or '(defaults)'}" + ("  ★ lowest val loss" if is_lowest else "")
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker="o" if len(curve) < 30 else None,
-                linewidth=3 if is_best else 1.2, label=label[:90])
+                linewidth=3 if is_lowest else 1.2, label=label[:90])
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -174,10 +178,10 @@ def report(sweep: Path, domain: Optional[str] = None, max_forgetting: float = DE
     common = set.intersection(*(set(j["overrides"]) for j in jobs))  # show what the sweep varies
     for job in jobs:
         job["overrides"] = " ".join(o for o in job["overrides"] if o not in common or len(jobs) == 1)
-    jobs.sort(key=lambda j: (j["best_val_loss"] is None, j["best_val_loss"] or 0.0))
-    best = jobs[0]["job"] if jobs[0]["best_val_loss"] is not None else None
+    jobs.sort(key=lambda j: (j["min_val_loss"] is None, j["min_val_loss"] or 0.0))
+    lowest = jobs[0]["job"] if jobs[0]["min_val_loss"] is not None else None
     tradeoffs = tradeoff_section(jobs, sweep, max_forgetting)
     write_tables(jobs, sweep, tradeoffs)
-    plot(jobs, "train_curve", "train loss", sweep / "train_loss.png", best)
-    plot(jobs, "val_curve", "validation loss", sweep / "val_loss.png", best)
+    plot(jobs, "train_curve", "train loss", sweep / "train_loss.png", lowest)
+    plot(jobs, "val_curve", "validation loss", sweep / "val_loss.png", lowest)
     return jobs

@@ -102,15 +102,23 @@ def test_report_columns_equal_the_metrics_and_pareto_png_is_drawn(tmp_path):
         assert float(row["domain_gain"]) == pytest.approx(gain, rel=1e-12)
         assert float(row["forgetting"]) == pytest.approx(forget, rel=1e-12)
         assert float(row["forgetting/shakes"]) == pytest.approx(forget, rel=1e-12)
-    assert {j: rows[j]["pareto"] for j in "0123"} == {"0": "front", "1": "best", "2": "front", "3": "dominated"}
+    assert {j: rows[j]["pareto"] for j in "0123"} == {"0": "front", "1": "best trade-off", "2": "front",
+                                                      "3": "dominated"}
     md = (sweep / "report.md").read_text()
     assert "## Domain gain vs forgetting (4 completed jobs" in md and "| 1 | optim.lr=0.0003 data.replay=0.05 |" in md
     assert "**best trade-off**" in md and "at most 5.0%" in md
+    # one meaning of "best": only the best trade-off is called best; the lowest validation loss is named as such
+    # (another job than the best trade-off here)
+    lowest = min("0123", key=lambda j: float(rows[j]["min_val_loss"]))
+    assert lowest != "1" and f"**{lowest}** (lowest val loss)" in md
+    called_best = [line for line in md.splitlines() if line.startswith("|") and "best" in line.lower()
+                   and "best trade-off" not in line]
+    assert called_best == [], called_best  # no table row calls anything else best
     image = imread(sweep / "pareto.png")
     assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 0.01  # decodes, not blank
 
     report(sweep, max_forgetting=0.001)  # only job 0 qualifies now
-    assert {r["job"]: r["pareto"] for r in csv.DictReader(open(sweep / "report.csv"))}["0"] == "best"
+    assert {r["job"]: r["pareto"] for r in csv.DictReader(open(sweep / "report.csv"))}["0"] == "best trade-off"
     report(sweep, max_forgetting=-0.5)
     assert "no best trade-off" in (sweep / "report.md").read_text()
 
