@@ -111,6 +111,7 @@ def test_slurm_sweeps_are_submitted_with_kill_on_bad_exit(monkeypatch):
                                  "checkpoint": {"interval": interval}})
 
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    monkeypatch.setattr("cpt.parallel.launch.check_every_job", lambda config: None)  # tested below, end to end
     monkeypatch.delenv("SLURM_KILL_BAD_EXIT", raising=False)
     SweepChecks().on_multirun_start(config("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"))
     assert "SLURM_KILL_BAD_EXIT" not in os.environ
@@ -121,3 +122,15 @@ def test_slurm_sweeps_are_submitted_with_kill_on_bad_exit(monkeypatch):
     assert os.environ["SLURM_KILL_BAD_EXIT"] == "0"
     with pytest.raises(SystemExit):
         SweepChecks().on_multirun_start(config(slurm, interval=0))
+
+
+def test_a_sweep_with_a_bad_job_fails_before_any_job_starts(tmp_path):
+    """Job 1 of 3 has a bad value: the sweep stops in seconds naming it (and only it), no job directory exists. It
+    used to train job 0 to the end first."""
+    from conftest import TINY
+
+    proc = cli("cpt.run", ["-m", *TINY, "optim.lr=1e-3,-1,2e-3", f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    line = error_line(proc)
+    assert line.startswith("error: 1 of 3 jobs of this sweep cannot run, so none was started: job 1 (")
+    assert "optim.lr=-1): config key 'optim.lr': must be > 0" in line and "job 0" not in line
+    assert not (tmp_path / "s").exists()

@@ -33,7 +33,9 @@ DEFAULT_MAX_FORGETTING = 0.05  # 5% higher perplexity on the replayed/general so
 
 def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
     """One job's row; `domain` names the domain source (default: the first source of the job's data config)."""
-    records = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = job_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []  # none: it failed before its first step
+    records = [json.loads(line) for line in lines if line.strip()]
     train = {r["step"]: r for r in records if "loss" in r}  # a resumed job logs some steps twice: the last wins
     val_records = {r["step"]: r for r in records if "val_loss" in r}
     val = {step: r["val_loss"] for step, r in val_records.items()}
@@ -46,15 +48,17 @@ def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
     tps = [r["tokens_per_s"] for r in train.values() if r.get("tokens_per_s")]
     sources = (config.get("data") or {}).get("sources") or [{}]
     tradeoff = gain_and_forgetting(val_records, domain or sources[0].get("name", ""))
+    tail = (job_dir / "train.log").read_text()[-4000:] if (job_dir / "train.log").is_file() else ""
+    errors = [line.split("][ERROR] ", 1)[1] for line in tail.splitlines() if "][ERROR] " in line]
     if steps is not None and last >= steps:
         status = "completed"
     else:
-        tail = (job_dir / "train.log").read_text()[-4000:] if (job_dir / "train.log").is_file() else ""
-        status = "failed" if "Traceback" in tail or "][ERROR]" in tail else "incomplete"
+        status = "failed" if "Traceback" in tail or errors else "incomplete"
     return {
         "job": job_dir.name,
         "overrides": overrides,
         "status": status,
+        "error": errors[-1] if status == "failed" and errors else None,
         "steps": last,
         "final_loss": train[last]["loss"] if train else None,
         "min_val_loss": val[min_step] if val else None,
@@ -71,13 +75,17 @@ def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
 
 
 def find_jobs(sweep: Path) -> list[Path]:
-    return sorted((p.parent for p in sweep.rglob("metrics.jsonl")), key=lambda p: (len(p.parts), str(p)))
+    """Job directories: those with metrics, and those of the sweep's jobs that failed before writing any."""
+    found = {p.parent for p in sweep.rglob("metrics.jsonl")} | {p.parent.parent for p in
+                                                                 sweep.rglob(".hydra/overrides.yaml")}
+    found.discard(sweep)  # a single run's own .hydra
+    return sorted(found, key=lambda p: (len(p.parts), str(p)))
 
 
 BEST = "best trade-off"  # the only thing a report calls best (cpt/eval/pareto.py's best_tradeoff)
 
 COLUMNS = ["job", "overrides", "status", "steps", "final_loss", "min_val_loss", "min_val_ppl", "min_val_step",
-           "tokens_per_s", "domain_gain", "forgetting", "pareto"]
+           "tokens_per_s", "domain_gain", "forgetting", "pareto", "error"]
 
 
 # how report.md shows numbers (report.csv keeps full precision)

@@ -120,6 +120,9 @@ def train(cfg: RunConfig, run_dir: Path) -> float:
     preemption = Preemption()  # SIGUSR2 from here on: save, stop, requeue
     try:
         final_val, export = _train(cfg, run_dir, env, preemption)
+    except Exception as e:  # in train.log too: cpt.report shows a failed job's error line
+        log.error("run failed: %s: %s", type(e).__name__, " ".join(str(e).split()))
+        raise
     finally:
         preemption.restore()
     distributed.teardown()

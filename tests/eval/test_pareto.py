@@ -176,3 +176,32 @@ def test_stages_compose_from_the_command_line_with_per_stage_replay():
     mixture = training_mixture(cfg.data, cfg.trainer.steps)
     assert mixture.ends == (80, 100)
     assert mixture.at(79)["general"] == pytest.approx(0.05) and mixture.at(80)["general"] == pytest.approx(0.25)
+
+
+def test_a_job_that_failed_has_its_row_with_its_error_line(tmp_path):
+    """Two jobs of a sweep: one completes, one fails at step 2 (a fault). The failed job's train.log ends with the
+    error line, and cpt.report lists it as failed with that line, next to the completed one; a job that failed
+    before writing any metrics is listed too."""
+    import subprocess
+    import sys
+
+    from conftest import TINY, rank_env
+    from cpt.eval.sweep_report import report
+
+    sweep = tmp_path / "sweep"
+    for job, env in (("0", {}), ("1", {"CPT_FAULT_RAISE": "0:2"})):
+        proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, f"hydra.run.dir={sweep / job}"], cwd=tmp_path,
+                              env={**rank_env(), **env}, capture_output=True, text=True, timeout=300)
+        assert (proc.returncode == 0) == (job == "0"), proc.stderr[-2000:]
+    early = sweep / "2" / ".hydra"
+    early.mkdir(parents=True)
+    (early / "overrides.yaml").write_text(yaml.safe_dump(["optim.lr=1"]))
+    (sweep / "2" / "train.log").write_text("[2026-12-05 10:00:00,000][cpt.train.loop][ERROR] run failed: "
+                                           "OutOfMemoryError: CUDA out of memory\n")
+    rows = {j["job"]: j for j in report(sweep)}
+    assert rows["0"]["status"] == "completed" and rows["0"]["error"] is None
+    assert rows["1"]["status"] == "failed" and rows["1"]["steps"] == 2
+    assert rows["1"]["error"] == "run failed: RuntimeError: CPT_FAULT_RAISE: rank 0 fails after step 2 on purpose"
+    assert rows["2"]["status"] == "failed" and rows["2"]["error"].endswith("CUDA out of memory")
+    md = (sweep / "report.md").read_text()
+    assert "| failed |" in md and "CPT_FAULT_RAISE: rank 0 fails after step 2 on purpose |" in md
