@@ -26,6 +26,7 @@ from cpt.common.logs import setup_logging
 from cpt.config.schema import RunConfig, to_run_config
 from cpt.config.validate import validate
 from cpt.data.manifest import load_manifest_file
+from cpt.eval.base_validation import SWEEP_DIR_ENV
 from cpt.parallel import distributed
 from cpt.parallel.launch import adopt_submitit_rank, failing_rank_ends_the_job, launch_local, share_run_stamp
 
@@ -67,6 +68,8 @@ def wandb_naming(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> Optional[float]:
     adopt_submitit_rank()
     wandb_naming(cfg)
+    if HydraConfig.get().mode.name == "MULTIRUN":  # the jobs of a sweep share its base model's step-0 validation
+        os.environ[SWEEP_DIR_ENV] = str(Path(HydraConfig.get().sweep.dir).resolve())
     run_cfg = to_run_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if distributed.launched_as_rank():

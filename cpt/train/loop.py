@@ -25,6 +25,7 @@ from cpt.data.manifest import data_dir, load_manifest, open_streams
 from cpt.data.mixture import training_mixture
 from cpt.data.provenance import DocumentIndex
 from cpt.data.repetition import check_repetition, planned_epochs
+from cpt.eval import base_validation
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
 from cpt.eval.heldout import perplexity, rank_windows, summed_loss
 from cpt.model.build import check_vocab, check_weights_loaded
@@ -192,19 +193,32 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
         sink.write({"step": state.step, "resumed_from": str(resume_from)})
     sink.write({"step": state.step, **{f"planned_epochs/{name}": value for name, value in epochs.items()}})
 
-    def validate_and_log(step: int) -> float:
+    def validation_record(step: int) -> dict:
         losses = validation_losses(model, val_streams, t, env, amp, eos_id, byte_table)
         loss, bpb = losses["all"]
         record = {"step": step, "val_loss": loss, "val_ppl": perplexity(loss), "val_bpb": bpb}
         if len(val_streams) > 1:
             record.update({f"val_loss/{name}": losses[name][0] for name in val_streams})
             record.update({f"val_bpb/{name}": losses[name][1] for name in val_streams})
+        return record
+
+    def validate_and_log(step: int) -> float:
+        record = validation_record(step)
         sink.write(record)
-        return loss
+        return record["val_loss"]
 
     val_loss = float("nan")
-    if state.step == 0:
-        val_loss = validate_and_log(0)
+    if state.step == 0:  # the base model's validation: once per sweep (cpt.eval.base_validation)
+        key = base_validation.base_key(cfg, env.world_size, manifest["fingerprint"], env.device.type)
+        found = [base_validation.load(key) if env.is_main else None]
+        dist.broadcast_object_list(found, src=0)  # every rank takes rank 0's decision
+        record = found[0] or validation_record(0)
+        if found[0] is not None:
+            log.info("step-0 validation of this base model on this data taken from %s", base_validation.cache_path(key))
+        elif env.is_main:
+            base_validation.store(key, record)
+        sink.write(record)
+        val_loss = record["val_loss"]
         check_weights_loaded(val_loss, vocab_size, cfg.model)
     throughput = Throughput(fpt, peak, env.world_size, env.device)
     while state.step < t.steps:
