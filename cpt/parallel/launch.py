@@ -18,8 +18,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cpt.common.errors import fail
-from cpt.config.schema import ConfigError, Device
+from cpt.common.errors import UserError, fail
+from cpt.config.schema import ConfigError, Device, to_run_config
+from cpt.config.validate import validate
+from cpt.data.manifest import load_manifest_file
 from cpt.parallel import distributed
 
 log = logging.getLogger("cpt.run")
@@ -140,11 +142,6 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
 
 def check_every_job(config: DictConfig) -> None:
     from hydra import compose
-
-    from cpt.common.errors import UserError
-    from cpt.config.schema import to_run_config
-    from cpt.config.validate import validate
-    from cpt.data.manifest import load_manifest_file
 
     launcher = config.hydra.launcher
     submitit = "submitit" in str(launcher.get("_target_", ""))
