@@ -28,6 +28,7 @@ from cpt.data.repetition import check_repetition, planned_epochs
 from cpt.eval import base_validation
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
 from cpt.eval.heldout import perplexity, rank_windows, summed_loss
+from cpt.eval.run_summary import run_summary
 from cpt.model.build import check_vocab, check_weights_loaded
 from cpt.model.loss import lm_loss
 from cpt.model.params import count_params, trainable_params
@@ -280,6 +281,10 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
         faults.maybe_stall(done, env.rank)
         faults.maybe_slow()
     ckpt.close()
+    if env.is_main:  # the numbers a sweep compares runs by, from every start of this run
+        sink.summarize(run_summary(run_dir / "metrics.jsonl", cfg.data.sources[0].name if cfg.data.sources else None,
+                                   {"trainable_params": trainable_params(model), "params": count_params(model),
+                                    "data_fingerprint": manifest["fingerprint"]}))
     sink.close()
     export = gather_export(model, tokenizer, run_dir / cfg.export.dir, cfg) if cfg.export.enabled else None
     return val_loss, export

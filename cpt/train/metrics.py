@@ -166,6 +166,14 @@ class MetricsSink:
         if self.bar is not None:
             self.bar.update(steps)
 
+    def summarize(self, summary: dict) -> None:
+        """The run's comparison numbers (cpt.eval.run_summary): <run dir>/summary.json and the W&B run's summary."""
+        if not self.enabled:
+            return
+        (Path(self.file.name).parent / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        if self.tracker is not None:
+            self.tracker.summary.update(summary)
+
     def rewind(self, step: int) -> None:
         """The run went back to `step` (a spike's rollback)."""
         if self.bar is not None:
