@@ -104,7 +104,7 @@ def test_one_run_directory_per_run(tmp_path, launcher):
     assert len(dirs) == 1, dirs
     run_dir = dirs[0]
     names = sorted(p.name for p in run_dir.iterdir())
-    assert names == [".hydra", "checkpoints", "config.yaml", "hf", "metrics.jsonl", "train.log"], names
+    assert names == [".hydra", "checkpoints", "config.yaml", "hf", "metrics.jsonl", "summary.json", "train.log"], names
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))  # written once, not once per rank
     log = (run_dir / "train.log").read_text()
