@@ -218,6 +218,7 @@ def test_a_worker_that_dies_on_a_file_costs_that_file_only(tmp_path, monkeypatch
     assert sum(len(docs(out, "s", s)) for s in ("train", "val")) == 5
 
 
+@pytest.mark.full
 def test_a_big_pdf_read_in_page_ranges_gives_the_same_output(tmp_path):
     """A real manual cut into ranges of 7 pages (read by 1 or 2 workers) == read whole; a damaged PDF beside it is
     reported the same way in both."""

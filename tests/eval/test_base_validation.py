@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import TINY, compose_cfg, rank_env, read_metrics
 from cpt.config.schema import to_run_config
 from cpt.eval.base_validation import base_key
@@ -17,6 +19,7 @@ def step0(run_dir):
     return record
 
 
+@pytest.mark.full
 def test_the_second_job_reuses_the_first_jobs_step0_validation(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run([sys.executable, "-m", "cpt.run", "-m", *TINY, "trainer.steps=2", "optim.lr=1e-3,2e-3",

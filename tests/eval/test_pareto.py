@@ -178,6 +178,7 @@ def test_stages_compose_from_the_command_line_with_per_stage_replay():
     assert mixture.at(79)["general"] == pytest.approx(0.05) and mixture.at(80)["general"] == pytest.approx(0.25)
 
 
+@pytest.mark.full
 def test_a_job_that_failed_has_its_row_with_its_error_line(tmp_path):
     """Two jobs of a sweep: one completes, one fails at step 2 (a fault). The failed job's train.log ends with the
     error line, and cpt.report lists it as failed with that line, next to the completed one; a job that failed

@@ -35,6 +35,7 @@ def test_the_summary_of_a_two_source_run_with_a_resume(tmp_path):
     assert got["steps"] == 4 and got["final/loss"] == 2.7 and got["data_fingerprint"] == "abc"
 
 
+@pytest.mark.full
 def test_a_runs_summary_json_is_its_wandb_summary(tmp_path):
     run_dir = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-m", "cpt.run", *TINY, "logger=wandb", f"hydra.run.dir={run_dir}"],

@@ -78,6 +78,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, reference):
     assert curve(run_dir) == reference
 
 
+@FULL
 def test_keep_last_k(tmp_path):
     run_dir, _ = run(tmp_path, "k", [*ONE, "checkpoint.interval=1", "checkpoint.keep_last=2"])
     ckpts = run_dir / "checkpoints"
@@ -101,6 +102,7 @@ def test_resharded_resume_continues_the_curve(tmp_path, reference, first, second
         assert "written by 2 ranks, this run has 1" in (run_dir / "train.log").read_text()
 
 
+@FULL
 def test_async_save_is_published_once_written_and_a_kill_after_it_resumes_from_it(tmp_path, reference):
     """Steps take >= 1 s (a slow-step fault), so step 4's background write is complete during step 5: rank 0
     publishes it then, and a SIGKILL after step 5 resumes from step 4 (a save published only at the next save was

@@ -45,13 +45,14 @@ def _curve(records):
 @pytest.mark.parametrize("name,extra", [
     ("accum", ["trainer.micro_batch_size=2", "trainer.grad_accum=2"]),
     ("full_shard", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=full_shard"]),
-    ("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"]),
+    pytest.param("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"],
+                 marks=FULL),
     # DDP with accumulation: gradients stay local on the first micro-batch (set_requires_gradient_sync)
     ("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                         "fsdp=no_shard"]),
     ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
-    ("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                  "trainer.activation_checkpointing=true"]),
+    pytest.param("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                              "trainer.activation_checkpointing=true"], marks=FULL),
     # full_shard reducing on the last micro-step only (unsharded gradients between micro-steps), not every one
     pytest.param("accum_last", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                                 "trainer.accum_reduce=last"], marks=FULL),
