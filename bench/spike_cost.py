@@ -9,9 +9,10 @@ Goal: detection on >= 0.98x the tokens/s of detection off. That detection decide
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
-from common import alternate, arg_parser, cpt_run, header, prepare_data, run_overrides, table
+from common import ROOT, SIZES, alternate, arg_parser, child_env, cpt_run, header, prepare_data, run_overrides, table
 
 
 def main() -> None:
@@ -27,6 +28,13 @@ def main() -> None:
     print(table(med, {"tokens_per_s": "tokens/s"}))
     ratio = med["skip"]["tokens_per_s"] / med["off"]["tokens_per_s"]
     print(f"\ndetection on / off tokens/s = **{ratio:.3f}** (goal >= 0.98)")
+    probe = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={args.nproc}", str(ROOT / "bench" / "spike_flag_probe.py")],
+                           capture_output=True, text=True, cwd=ROOT, env=child_env(), check=True)
+    check_ms = float(probe.stdout.split()[-1])
+    step_ms = 1000 * 2 * int(args.nproc) * SIZES[args.size]["seq"] / med["off"]["tokens_per_s"]
+    print(f"\nOne check alone (the loss all-reduce and the window's device ops, {args.nproc} gloo ranks, 1,000 calls): "
+          f"**{check_ms:.3f} ms**, against a step of {step_ms:.0f} ms here: {check_ms / step_ms:.2%} of it.")
 
 
 if __name__ == "__main__":
