@@ -35,10 +35,11 @@ log = logging.getLogger("cpt.prepare")
 
 def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
     """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
-    Source weights and the replay share are training-time choices and are left out, and so is how the work is
-    spread."""
+    Source weights, the replay share, stages and repetition limits are training-time choices and are left out, and
+    so is how the work is spread."""
     options = {k: v for k, v in vars(cfg).items()
-               if k not in ("sources", "replay", "root", "name", "num_proc", "strict", "executor", "slurm")}
+               if k not in ("sources", "replay", "stages", "warn_epochs", "root", "name", "num_proc", "strict",
+                            "executor", "slurm")}
     options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
     listing = {name: [(str(p), *_size_and_mtime(p)) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}

@@ -298,3 +298,23 @@ prepare(to_run_config(cfg))
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode != 0
     assert 'if __name__ == "__main__":' in proc.stderr.splitlines()[-1], proc.stderr[-3000:]
+
+
+def test_the_fingerprint_ignores_training_time_choices_and_follows_prepare_options(tmp_path):
+    """Weights, replay, stages and repetition limits are chosen at training: changing them must not re-prepare (nor
+    stop a resume as "the data changed"); a prepare option must."""
+    from cpt.data.publish import fingerprint
+
+    text = tmp_path / "a.txt"
+    text.write_text("some text\n")
+    files, tok = {"legal": [text], "general": [text]}, {"name": "byte", "vocab_size": 257}
+    sources = "data.sources=[{name: legal, paths: [a]}, {name: general, paths: [b]}]"
+
+    def fp(*extra):
+        return fingerprint(to_run_config(compose_cfg(["model=tiny", "data=sample", sources, *extra])).data, tok, files)
+
+    base = fp()
+    for training_time in (["data.replay=0.3"], ["data.sources.0.weight=3"], ["data.warn_epochs=9"],
+                          ["data.sources.0.max_epochs=2"], ["data.stages=[{until: 0.5}, {until: 1.0, replay: 0.5}]"]):
+        assert fp(*training_time) == base, training_time
+    assert fp("data.val_fraction=0.2") != base and fp("data.chunk_chars=1000") != base
