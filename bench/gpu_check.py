@@ -51,6 +51,18 @@ def max_diff(a: list[float], b: list[float]) -> float:
     return max((abs(x - y) for x, y in zip(a, b)), default=float("inf")) if len(a) == len(b) else float("inf")
 
 
+def agrees(curve: list[float], reference: list[float], steps: int, tol: float) -> tuple[float, bool]:
+    """(max abs diff, whether the curve has every step, finite losses and stays within tol of the reference)."""
+    diff = max_diff(curve, reference)
+    return diff, len(curve) == steps and all(math.isfinite(x) for x in curve) and diff <= tol
+
+
+def restarts(run_dir: Path) -> list[int]:
+    """The steps a run resumed from (its metrics' resumed_from records)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if "resumed_from" in r]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="tiny model on 2 CPU ranks (fp32) instead of the GPUs")
@@ -114,8 +126,7 @@ def main() -> int:
             ok &= good
             first, last = (f"{curve[0]:.4f}", f"{curve[-1]:.4f}") if curve else ("—", "—")
             print(f"| {name} | {len(curve)} | {first} | {last} | {diff:.2e} | {'PASS' if good else 'FAIL'} |")
-        masked_diff = max_diff(masked, masked_sdpa)
-        good_masked = len(masked) == args.steps and all(math.isfinite(x) for x in masked) and masked_diff <= tol
+        masked_diff, good_masked = agrees(masked, masked_sdpa, args.steps, tol)
         ok &= good_masked
         print(f"\nfull_shard with trainer.doc_masking=true, {kernel} attention: {len(masked)} steps, "
               f"last loss {masked[-1] if masked else float('nan'):.4f}, max abs diff vs sdpa's dense document mask "
@@ -124,8 +135,7 @@ def main() -> int:
             print("\nflash_attention_2 document masking: not checked (" + ("CPU dry run" if args.cpu else
                   "the flash_attn package is not installed: pip install flash-attn, then run this again") + ").")
         else:
-            fa2_diff = max_diff(fa2, fa2_sdpa)
-            good_fa2 = len(fa2) == args.steps and all(math.isfinite(x) for x in fa2) and fa2_diff <= tol
+            fa2_diff, good_fa2 = agrees(fa2, fa2_sdpa, args.steps, tol)
             ok &= good_fa2
             print(f"\nfull_shard with trainer.doc_masking=true, flash_attention_2, micro-batch 1: {len(fa2)} steps, "
                   f"max abs diff vs sdpa's dense document mask {fa2_diff:.2e} (tol {tol:g}): "
@@ -142,12 +152,11 @@ def main() -> int:
         train(resumed, resumed_dir, {"CPT_FAULT_KILL": f"0:{half + 2}"})  # dies 2 steps after its checkpoint
         diff = max_diff(train(resumed, resumed_dir), ref)
         # the rerun must have restarted from step `half`: a rerun that began again would give the same curve
-        records = [json.loads(line) for line in (resumed_dir / "metrics.jsonl").read_text().splitlines()]
-        restarts = [r["step"] for r in records if "resumed_from" in r]
-        good_resume = diff <= resume_tol and restarts == [half]
+        resumed_at = restarts(resumed_dir)
+        good_resume = diff <= resume_tol and resumed_at == [half]
         export_check = check_export(resumed_dir / "hf", args.cpu)
         ok &= good_resume and export_check.startswith("PASS")
-        print(f"\nResume after a kill at step {half + 2} (checkpoint at {half}; restarts from steps {restarts}): max "
+        print(f"\nResume after a kill at step {half + 2} (checkpoint at {half}; restarts from steps {resumed_at}): max "
               f"abs loss diff vs the uninterrupted run {diff:.2e} (tol {resume_tol:g}): "
               f"**{'PASS' if good_resume else 'FAIL'}**. "
               f"Export reload: **{export_check}**.\n")
@@ -157,11 +166,10 @@ def main() -> int:
         warned = [*base, "fsdp=full_shard", "checkpoint.async_save=true"]
         train(warned, warned_dir, {"CPT_FAULT_SIGNAL": f"{gpus - 1}:{half}"})  # the last rank only
         diff = max_diff(train(warned, warned_dir), ref)
-        records = [json.loads(line) for line in (warned_dir / "metrics.jsonl").read_text().splitlines()]
-        restarts = [r["step"] for r in records if "resumed_from" in r]
-        good_warned = diff <= resume_tol and restarts == [half + 1]
+        warned_at = restarts(warned_dir)
+        good_warned = diff <= resume_tol and warned_at == [half + 1]
         ok &= good_warned
-        print(f"SIGUSR2 to rank {gpus - 1} after step {half} (async saves): stopped and resumed at steps {restarts} "
+        print(f"SIGUSR2 to rank {gpus - 1} after step {half} (async saves): stopped and resumed at steps {warned_at} "
               f"(expected [{half + 1}]), max abs loss diff vs the uninterrupted run {diff:.2e} (tol {resume_tol:g}): "
               f"**{'PASS' if good_warned else 'FAIL'}**.\n")
     mfu = [sys.executable, str(ROOT / "bench" / "gpu_mfu.py"), "--max-batch"]

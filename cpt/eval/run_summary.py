@@ -17,10 +17,16 @@ from cpt.eval.heldout import perplexity
 from cpt.eval.pareto import gain_and_forgetting
 
 
+def step_records(metrics: Path) -> tuple[dict[int, dict], dict[int, dict]]:
+    """A run's metrics.jsonl as ({step: training record}, {step: validation record}); a step logged twice (after a
+    resume or a rollback) keeps its last record; no file (a run that failed before its first step): empty."""
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    records = [json.loads(line) for line in lines if line.strip()]
+    return ({r["step"]: r for r in records if "loss" in r}, {r["step"]: r for r in records if "val_loss" in r})
+
+
 def run_summary(metrics: Path, domain: Optional[str], extra: dict) -> dict:
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    val = {r["step"]: r for r in records if "val_loss" in r}  # a step logged twice (a resume): the last wins
-    train = {r["step"]: r for r in records if "loss" in r}
+    train, val = step_records(metrics)
     out = dict(extra)
     for name, step in (("base", 0), ("final", max(val) if val else None)):
         record = val.get(step) if step is not None else None

@@ -18,7 +18,6 @@ without reaching the end), or incomplete (stopped early: killed, still running, 
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -27,17 +26,14 @@ import yaml
 
 from cpt.eval.heldout import perplexity
 from cpt.eval.pareto import best_tradeoff, gain_and_forgetting, pareto_front, plot_pareto
+from cpt.eval.run_summary import step_records
 
 DEFAULT_MAX_FORGETTING = 0.05  # 5% higher perplexity on the replayed/general sources
 
 
 def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
     """One job's row; `domain` names the domain source (default: the first source of the job's data config)."""
-    metrics = job_dir / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []  # none: it failed before its first step
-    records = [json.loads(line) for line in lines if line.strip()]
-    train = {r["step"]: r for r in records if "loss" in r}  # a resumed job logs some steps twice: the last wins
-    val_records = {r["step"]: r for r in records if "val_loss" in r}
+    train, val_records = step_records(job_dir / "metrics.jsonl")
     val = {step: r["val_loss"] for step, r in val_records.items()}
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []

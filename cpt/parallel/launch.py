@@ -150,7 +150,8 @@ def check_every_job(config: DictConfig) -> None:
         try:
             run_cfg = to_run_config(compose(config_name=config.hydra.job.config_name, overrides=overrides))
             local = launcher.tasks_per_node if submitit else run_cfg.trainer.nproc_per_node
-            validate(run_cfg, local * (launcher.get("nodes") or 1 if submitit else 1), local)
+            nodes = (launcher.get("nodes") or 1) if submitit else 1
+            validate(run_cfg, local * nodes, local)
             load_manifest_file(run_cfg.data)
         except UserError as e:
             errors.append(f"job {number} ({' '.join(overrides)}): {' '.join(str(e).split())}")

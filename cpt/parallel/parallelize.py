@@ -210,8 +210,12 @@ def broadcast_into_shards(model: nn.Module, state: dict[str, torch.Tensor] | Non
                           via: torch.device) -> None:
     """Rank 0's full tensors, one at a time through `via`, into every rank's shards wherever they live."""
     local = get_model_state_dict(model)  # this rank's DTensor shards, named as in the plain model
+    sent = set()
     for name in sorted(local):
         target = local[name]
+        if id(target) in sent:  # a tied lm_head is the embedding: sent once
+            continue
+        sent.add(id(target))
         if env.is_main:
             full = state[name].to(via, dtype=target.dtype)
         else:

@@ -55,6 +55,15 @@ def is_checkpoint(path: Path) -> bool:
     return (path / META).is_file()
 
 
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Every complete checkpoint under `root`, oldest first (step-N names sort by step)."""
+    return sorted(p for p in root.glob("step-*") if is_checkpoint(p))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.removeprefix("step-"))
+
+
 def latest_checkpoint(root: Path) -> Optional[Path]:
     """The newest complete checkpoint under `root` (by the `latest` marker, else by name), or None."""
     marker = root / LATEST
@@ -62,7 +71,7 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
         candidate = root / marker.read_text().strip()
         if is_checkpoint(candidate):
             return candidate
-    complete = sorted(p for p in root.glob("step-*") if is_checkpoint(p))
+    complete = complete_checkpoints(root)
     return complete[-1] if complete else None
 
 
@@ -259,8 +268,8 @@ class Checkpointer:
 
     def before(self, step: int) -> Optional[Path]:
         """The newest complete checkpoint of this run from before `step`, or None."""
-        complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p) and int(p.name[5:]) < step)
-        return complete[-1] if complete else None
+        earlier = [p for p in complete_checkpoints(self.root) if checkpoint_step(p) < step]
+        return earlier[-1] if earlier else None
 
     def close(self) -> None:
         """Collective, at the end of training: the last save completes and is published; the staging buffers (a
@@ -295,6 +304,6 @@ class Checkpointer:
         log.info("checkpoint %s saved in %.2f s", final, time.perf_counter() - start)
 
     def _prune(self) -> None:
-        complete = sorted(p for p in self.root.glob("step-*") if is_checkpoint(p))
+        complete = complete_checkpoints(self.root)
         for old in complete[: max(0, len(complete) - self.cfg.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)

@@ -237,8 +237,9 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
         scheduler.step()
         throughput.add(tokens_per_step)
         sink.advance()
+        log_step = done % t.log_interval == 0 or done == t.steps
         stop = False
-        if done % t.log_interval == 0 or done == t.steps:
+        if log_step:
             stop = done < t.steps and preemption.agreed(env.device)
             skipped = guard.check(done)
             record = {"step": done, "loss": global_mean(loss), "lr": lr, "grad_norm": grad_norm.item(),
@@ -252,7 +253,7 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
                 record["state_mib"] = local_state_mib(model, optimizer)  # this rank's params + optimizer state
                 record["optim_mib"] = optimizer_state_mib(optimizer)
             sink.write(record)
-        if (done % t.log_interval == 0 or done == t.steps or ckpt.due(done, t.steps) or stop) and respond(
+        if (log_step or ckpt.due(done, t.steps)) and respond(
                 spikes.check(), spikes, ckpt, train_loader, sink, documents, t.seq_len, run_dir / "spikes",
                 env.is_main):
             sink.rewind(state.step)

@@ -142,7 +142,7 @@ class MetricsSink:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress_bar: bool, enabled: bool,
                  tracker=None):
-        self.enabled, self.tracker = enabled, tracker
+        self.enabled, self.tracker, self.run_dir = enabled, tracker, run_dir
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.bar = None
         if enabled and progress_bar:
@@ -170,7 +170,7 @@ class MetricsSink:
         """The run's comparison numbers (cpt.eval.run_summary): <run dir>/summary.json and the W&B run's summary."""
         if not self.enabled:
             return
-        (Path(self.file.name).parent / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
         if self.tracker is not None:
             self.tracker.summary.update(summary)
 

@@ -25,6 +25,7 @@ from cpt.common.errors import UserError
 from cpt.config.schema import OnSpike, SpikeConfig
 from cpt.data.loader import MixtureLoader
 from cpt.data.provenance import DocumentIndex
+from cpt.train.checkpoint import checkpoint_step
 
 log = logging.getLogger(__name__)
 
@@ -151,5 +152,5 @@ def respond(events: list[dict], guard: SpikeGuard, ckpt, loader: MixtureLoader, 
     log.warning("rolled back to %s (rollback %d of at most %d): global batches %s are passed over from now on",
                 target.name, rollbacks, guard.cfg.max_rollbacks, batches)
     if is_main:
-        sink.write({"step": int(target.name.split("-")[1]), "rolled_back_from": first, "skip_batches": sorted(skip)})
+        sink.write({"step": checkpoint_step(target), "rolled_back_from": first, "skip_batches": sorted(skip)})
     return True
