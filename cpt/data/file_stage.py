@@ -9,7 +9,9 @@ goes on.
 
 A PDF with more than `data.convert.pdf_pages_per_task` pages is read in page ranges, one task each (several workers
 on one big manual); its document is put together and finished once every range is in, exactly as if it had been
-read whole."""
+read whole. Likewise a Parquet file with more than `data.convert.parquet_row_groups_per_task` row groups is read in
+ranges of row groups; its rows are numbered as in the whole file, and the parts' documents are joined in order (up to
+the first part that fails, as a whole read stops there): the same result as one read of the whole file."""
 
 from __future__ import annotations
 
@@ -26,10 +28,11 @@ from cpt.common import faults
 from cpt.config.schema import CleanConfig, ConvertConfig, DedupConfig
 from cpt.data.chunk import split_document
 from cpt.data.clean import clean_text, length_problem
+from cpt.data.columnar import parquet_row_groups, read_parquet
 from cpt.data.convert import convert_file, detect_format
-from cpt.data.read_errors import EmptyFileError, FileError
 from cpt.data.dedup import Signature, signature
 from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
+from cpt.data.read_errors import EmptyFileError, FileError
 from cpt.data.split import split_of
 
 
@@ -44,6 +47,7 @@ class FileTask:
     chunk_chars: Optional[int]
     val_fraction: float
     pages: Optional[tuple[int, int]] = None  # one range of a big PDF: pages first..last (1-based, inclusive)
+    row_groups: Optional[tuple[int, int]] = None  # one range of a big Parquet file: first..last (0-based, inclusive)
 
 
 @dataclass
@@ -74,6 +78,8 @@ def process_file(task: FileTask) -> FileResult:
         on_error = lambda line, message: result.record_errors.append((line, message))  # noqa: E731
         if task.pages:
             result.pages = read_pages(task.path, task.convert, on_error, *task.pages)
+        elif task.row_groups:
+            add_documents(task, read_parquet(task.path, task.convert, on_error, task.row_groups), result)
         else:
             add_documents(task, convert_file(task.path, result.format, task.convert, on_error), result)
     except FileError as e:
@@ -96,9 +102,27 @@ def finish_pdf(task: FileTask, parts: list[FileResult]) -> FileResult:
     return result
 
 
+def finish_row_groups(task: FileTask, parts: list[FileResult]) -> FileResult:
+    """A Parquet file read in ranges of row groups, put together: its parts in order, up to and with the first that
+    failed (a read of the whole file stops there too)."""
+    result = FileResult(format=parts[0].format)
+    for part in parts:
+        result.docs += part.docs
+        result.record_errors += part.record_errors
+        if part.error:
+            result.error = part.error
+            break
+    return result
+
+
+ROW_NUMBERED = {"parquet", "arrow"}  # their documents are numbered by row: a range of row groups numbers alike
+
+
 def add_documents(task: FileTask, records: Iterable[dict], result: FileResult) -> None:
     """Chunk, clean, length-filter, split and sign each record's text into result.docs."""
+    by_row = result.format in ROW_NUMBERED
     for n, record in enumerate(records):
+        n = record["row"] - 1 if by_row else n
         for piece, where in split_document(record.pop("text"), task.chunk_chars):
             text = clean_text(piece, task.clean)
             doc_id = f"{task.source}:{task.path.name}#{n}" + (f"/{where['chunk']}" if where else "")
@@ -110,23 +134,31 @@ def add_documents(task: FileTask, records: Iterable[dict], result: FileResult) -
 
 def page_ranges(task: FileTask) -> list[FileTask]:
     """The tasks of one file: itself, or one per page range for a PDF longer than data.convert.pdf_pages_per_task
-    (the page count comes from the catalog: cheap, nothing is extracted here)."""
-    per_task = task.convert.pdf_pages_per_task
+    (the page count comes from the catalog: cheap, nothing is extracted here), or one per range of row groups for a
+    Parquet file with more than data.convert.parquet_row_groups_per_task (the count comes from the footer)."""
     try:
-        is_pdf = detect_format(task.path, task.format) == "pdf"
+        fmt = detect_format(task.path, task.format)
     except FileError:
         return [task]
-    count = page_count(task.path) if is_pdf and per_task else None
-    if not count or count <= per_task:
-        return [task]
-    return [replace(task, pages=(first, min(first + per_task - 1, count))) for first in range(1, count + 1, per_task)]
+    if fmt == "pdf" and task.convert.pdf_pages_per_task:
+        per_task, count = task.convert.pdf_pages_per_task, page_count(task.path)
+        if count and count > per_task:
+            return [replace(task, pages=(first, min(first + per_task - 1, count)))
+                    for first in range(1, count + 1, per_task)]
+    if fmt == "parquet" and task.convert.parquet_row_groups_per_task and task.path.is_file():
+        per_task, count = task.convert.parquet_row_groups_per_task, parquet_row_groups(task.path)
+        if count and count > per_task:
+            return [replace(task, row_groups=(first, min(first + per_task, count) - 1))
+                    for first in range(0, count, per_task)]
+    return [task]
 
 
 Unit = tuple[FileTask, FileTask, int]  # (the file's task, this part's task, the file's number of parts)
 
 
 def plan_units(tasks: Iterable[FileTask]) -> Iterator[Unit]:
-    """The units of work, in order: a file, or each page range of a big PDF."""
+    """The units of work, in order: a file, or each page range of a big PDF, or each range of row groups of a big
+    Parquet file."""
     for task in tasks:
         parts = page_ranges(task)
         for part in parts:
@@ -139,7 +171,8 @@ def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[Fil
 
 
 def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterator[tuple[FileTask, FileResult]]:
-    """Per-unit results (in unit order) -> per-file results, a PDF read in page ranges put together."""
+    """Per-unit results (in unit order) -> per-file results, a PDF read in page ranges or a Parquet file read in
+    ranges of row groups put together."""
     collected: list[FileResult] = []
     for task, n_parts, result in part_results:
         if n_parts == 1:
@@ -147,7 +180,8 @@ def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterat
             continue
         collected.append(result)
         if len(collected) == n_parts:
-            yield task, finish_pdf(task, collected)
+            finish = finish_pdf if collected[0].format == "pdf" else finish_row_groups
+            yield task, finish(task, collected)
             collected = []
 
 
@@ -156,8 +190,8 @@ BATCH_UNITS, BATCH_BYTES = 64, 8 << 20  # small files travel to a worker togethe
 
 def results(units: Iterable[Unit], num_proc: int) -> Iterator[tuple[FileTask, int, FileResult]]:
     """(file task, its number of parts, the part's result) in the order of `units`. num_proc > 1: that many
-    spawned workers, fed batches of small files (or one big file, or one page range), at most 2 * num_proc batches
-    in flight (memory stays bounded whatever the corpus size)."""
+    spawned workers, fed batches of small files (or one big file, or one page range or range of row groups), at most
+    2 * num_proc batches in flight (memory stays bounded whatever the corpus size)."""
     if num_proc <= 1:
         for task, part, n_parts in units:
             yield task, n_parts, process_file(part)
@@ -188,7 +222,7 @@ def _batches(units: Iterable[Unit]) -> Iterator[list[Unit]]:
     for unit in units:
         part = unit[1]
         try:
-            unit_size = BATCH_BYTES if part.pages else part.path.stat().st_size
+            unit_size = BATCH_BYTES if part.pages or part.row_groups else part.path.stat().st_size
         except OSError:
             unit_size = 0  # the worker reports why it cannot be read
         if batch and (len(batch) >= BATCH_UNITS or size + unit_size > BATCH_BYTES):

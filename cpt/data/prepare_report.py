@@ -52,10 +52,15 @@ class PrepareReport:
         entry["status"], entry["error"] = "empty", message
 
     def file_failed(self, entry: dict, message: str) -> None:
-        entry["status"], entry["error"] = "error", message
+        """The file (or its rest) could not be read. Documents read before the problem (a compressed file that breaks
+        midway) are kept and counted: status "partly_read" then, else "error"."""
+        entry["status"], entry["error"] = "partly_read" if entry["docs"] else "error", message
         if self.strict:
             raise PrepareError(f"{message} (data.strict=true)")
-        log.error("%s — file skipped", message)
+        if entry["docs"]:
+            log.error("%s — file partly read: its first %d documents kept", message, entry["docs"])
+        else:
+            log.error("%s — file skipped", message)
 
     def keep(self, entry: dict, split: str) -> None:
         entry["docs"] += 1

@@ -40,7 +40,8 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     options = {k: v for k, v in vars(cfg).items()
                if k not in ("sources", "replay", "stages", "warn_epochs", "root", "name", "num_proc", "strict",
                             "executor", "slurm")}
-    options["convert"] = {k: v for k, v in vars(cfg.convert).items() if k != "pdf_pages_per_task"}
+    options["convert"] = {k: v for k, v in vars(cfg.convert).items()
+                          if k not in ("pdf_pages_per_task", "parquet_row_groups_per_task")}
     listing = {name: [(str(p), *_size_and_mtime(p)) for p in paths] for name, paths in files.items()}
     formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
     ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
@@ -49,6 +50,11 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
 
 
 def _size_and_mtime(path: Path) -> tuple[int, int]:
+    """A file's size and mtime; a directory read as one source (a `datasets` save_to_disk): its files' total size and
+    latest mtime."""
+    if path.is_dir():
+        stats = [p.stat() for p in path.rglob("*") if p.is_file()]
+        return sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)
     stat = path.stat()
     return stat.st_size, stat.st_mtime_ns
 

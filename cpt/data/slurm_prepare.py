@@ -131,14 +131,15 @@ def _finish(cfg: RunConfig, work: Path) -> Path:
 
 
 def _load_or_write_plan(tasks: list[FileTask], work: Path, shards: int) -> dict:
-    """{"shards": n, "units": [(task index, page range or None, parts of its file)]}: made once (PDF page counts
+    """{"shards": n, "units": [(task index, page range or None, parts of its file, row-group range or None)]}: made once (PDF page counts
     read here), reused by every job and by a rerun, so that all agree on which unit is in which shard."""
     path = work / PLAN
     if path.is_file():
         return json.loads(path.read_text())
     index = {id(task): i for i, task in enumerate(tasks)}
     plan = {"shards": shards,
-            "units": [(index[id(task)], part.pages, n_parts) for task, part, n_parts in plan_units(tasks)]}
+            "units": [(index[id(task)], part.pages, n_parts, part.row_groups)
+                      for task, part, n_parts in plan_units(tasks)]}
     tmp = path.with_name(f".{PLAN}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(plan))
     tmp.replace(path)
@@ -147,7 +148,9 @@ def _load_or_write_plan(tasks: list[FileTask], work: Path, shards: int) -> dict:
 
 def _units(tasks: list[FileTask], work: Path) -> list[tuple[FileTask, FileTask, int]]:
     plan = json.loads((work / PLAN).read_text())
-    return [(tasks[i], replace(tasks[i], pages=tuple(pages) if pages else None), n) for i, pages, n in plan["units"]]
+    return [(tasks[i], replace(tasks[i], pages=tuple(pages) if pages else None,
+                               row_groups=tuple(groups[0]) if groups and groups[0] else None), n)
+            for i, pages, n, *groups in plan["units"]]  # plans written before row groups have no 4th item
 
 
 def _shard_path(work: Path, k: int) -> Path:

@@ -88,8 +88,8 @@ def test_detect_format_by_extension_and_override(tmp_path):
     assert detect_format(tmp_path / "mit.LICENSE", "text") == "text"
     with pytest.raises(FileError, match=r"mit\.LICENSE: unknown extension '\.license': set the source's `format`"):
         detect_format(tmp_path / "mit.LICENSE", None)
-    with pytest.raises(ValueError, match="choose one of csv, json, jsonl, pdf, text, tsv"):
-        detect_format(tmp_path / "x.txt", "docx")
+    with pytest.raises(ValueError, match="choose one of arrow, csv, docx, html, json, jsonl, parquet, pdf, text, tsv"):
+        detect_format(tmp_path / "x.txt", "rtf")
 
 
 # ------------------------------------------------------------------------------------------ text

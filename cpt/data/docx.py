@@ -1,0 +1,54 @@
+"""Word documents (`.docx`) -> one document per file (python-docx): paragraphs and headings as paragraphs, tables
+row by row (cells joined by " | ", one row per line), in document order, blocks separated by a blank line. The core
+properties' title, when set, goes to metadata "title". A file that is not a readable .docx (damaged zip, missing
+parts, an old binary .doc renamed) raises FileError."""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docx
+from docx.opc.exceptions import OpcError
+from docx.table import Table
+from lxml.etree import LxmlError
+
+from cpt.config.schema import ConvertConfig
+from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
+
+CELL_SEPARATOR = " | "
+
+
+def _table_rows(table: Table) -> list[str]:
+    rows = []
+    for row in table.rows:
+        cells, seen = [], set()
+        for cell in row.cells:  # a merged cell comes once per grid column it spans: written once
+            if id(cell._tc) not in seen:
+                seen.add(id(cell._tc))
+                cells.append(" ".join(cell.text.split()))
+        if any(cells):
+            rows.append(CELL_SEPARATOR.join(cells))
+    return rows
+
+
+def read_docx(path: Path, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
+    try:
+        document = docx.Document(str(path))
+        blocks = []
+        for item in document.iter_inner_content():
+            if isinstance(item, Table):
+                rows = _table_rows(item)
+                if rows:
+                    blocks.append("\n".join(rows))
+            elif item.text.strip():
+                blocks.append(item.text.strip())
+        title = document.core_properties.title
+    except (OpcError, zipfile.BadZipFile, KeyError, ValueError, LxmlError) as e:
+        raise FileError(path, f"not a readable .docx ({type(e).__name__}: {e}): damaged or incomplete, or another "
+                              "format renamed (.doc?): open and save it again as .docx, or convert it, e.g. "
+                              "`libreoffice --headless --convert-to docx FILE`") from None
+    if not blocks:
+        raise EmptyFileError(path, "no text in the document")
+    yield {"text": "\n\n".join(blocks), **({"title": title} if title else {})}
