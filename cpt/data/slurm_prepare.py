@@ -131,8 +131,9 @@ def _finish(cfg: RunConfig, work: Path) -> Path:
 
 
 def _load_or_write_plan(tasks: list[FileTask], work: Path, shards: int) -> dict:
-    """{"shards": n, "units": [(task index, page range or None, parts of its file, row-group range or None)]}: made once (PDF page counts
-    read here), reused by every job and by a rerun, so that all agree on which unit is in which shard."""
+    """{"shards": n, "units": [(task index, page range or None, parts of its file, row-group range or None)]}: made
+    once (PDF page counts and Parquet row-group counts read here), reused by every job and by a rerun, so that all
+    agree on which unit is in which shard."""
     path = work / PLAN
     if path.is_file():
         return json.loads(path.read_text())
