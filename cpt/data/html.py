@@ -6,8 +6,8 @@ Extractor: resiliparse's `extract_plain_text` (C++), after removing the elements
 footers and sidebars (`NAVIGATION`: <nav>, <aside>, <footer>, their ARIA roles, and class / id names such as DocBook's
 navheader/navfooter or Sphinx's sphinxsidebar/footer). data.convert.html_main_content=true adds resiliparse's
 main-content rules, for web pages without such markup. bench/html_extract.py chose this on two real manuals (DocBook
-and Sphinx): no navigation text, >= 99.5% of the body's paragraphs and headings kept, 1,600 / 70 pages/s; trafilatura
-dropped 80-86% of the DocBook section headings at 12-80 pages/s, resiliparse's main-content rules alone leaked every
+and Sphinx): no navigation text, >= 99.5% of the body's paragraphs and headings kept, 2,278 / 61 pages/s; trafilatura
+dropped 80-86% of the DocBook section headings at 13-95 pages/s, resiliparse's main-content rules alone leaked every
 DocBook navigation bar and dropped 17-22% of list items, inscriptis has no main-content step (BENCHMARKS.md, "HTML
 extraction")."""
 
