@@ -112,9 +112,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def read_wandb_offline(run_dir: Path) -> list[dict]:
     """Every start of a run's offline W&B log, oldest first: {"run": (group, name, id), "job_type",
-    "config": {key: value}, "history": [{key: value}]}. wandb ships no reader of its `.wandb` files: a LevelDB-style log of 32 KiB blocks,
-    each record <crc32:4><length:2><type:1> (1 full, 2 first, 3 middle, 4 last) of a protobuf Record. "summary":
-    the keys the run set in its summary (wandb also writes history keys' last values there)."""
+    "config": {key: value}, "history": [{key: value}]}. wandb ships no reader of its `.wandb` files: a LevelDB-style
+    log of 32 KiB blocks, each record <crc32:4><length:2><type:1> (1 full, 2 first, 3 middle, 4 last) of a protobuf
+    Record. "summary": the keys the run set in its summary (wandb also writes history keys' last values there)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     starts = []
