@@ -111,10 +111,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def read_wandb_offline(run_dir: Path) -> list[dict]:
-    """Every start of a run's offline W&B log, oldest first: {"run": (group, name, id), "config": {key: value},
-    "history": [{key: value}]}. wandb ships no reader of its `.wandb` files: a LevelDB-style log of 32 KiB blocks,
-    each record <crc32:4><length:2><type:1> (1 full, 2 first, 3 middle, 4 last) of a protobuf Record. "summary":
-    the keys the run set in its summary (wandb also writes history keys' last values there)."""
+    """Every start of a run's offline W&B log, oldest first: {"run": (group, name, id), "job_type",
+    "config": {key: value}, "history": [{key: value}]}. wandb ships no reader of its `.wandb` files: a LevelDB-style
+    log of 32 KiB blocks, each record <crc32:4><length:2><type:1> (1 full, 2 first, 3 middle, 4 last) of a protobuf
+    Record. "summary": the keys the run set in its summary (wandb also writes history keys' last values there)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     starts = []
@@ -132,13 +132,14 @@ def read_wandb_offline(run_dir: Path) -> list[dict]:
                 pending += payload
             if kind in (1, 4):
                 payloads.append(pending)
-        start = {"run": None, "config": {}, "history": [], "summary": {}}
+        start = {"run": None, "job_type": None, "config": {}, "history": [], "summary": {}}
         for raw in payloads:
             record = pb.Record()
             record.ParseFromString(raw)
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 start["run"] = (record.run.run_group, record.run.display_name, record.run.run_id)
+                start["job_type"] = record.run.job_type
                 start["config"].update({u.key: json.loads(u.value_json) for u in record.run.config.update})
             elif kind == "history":
                 start["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json)

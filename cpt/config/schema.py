@@ -308,6 +308,9 @@ class TrainerConfig:
     seq_len: int = 256
     eval_interval: int = 50  # optimizer steps between validations; 0 = only at the end
     eval_batches: int = 8  # micro-batches per rank per validation
+    # in a -m sweep: the base model's step-0 validation is computed by the first job and read by the others with the
+    # same model, data and eval settings (cpt/eval/base_validation.py); false: every job computes its own
+    reuse_base_validation: bool = True
     log_interval: int = 10
     seed: int = 1234
     precision: Precision = Precision.auto
@@ -362,6 +365,15 @@ class LoggerConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What the end of a -m sweep writes (cpt.report.SweepReport); also the defaults of `python -m cpt.report`."""
+
+    wandb: bool = False  # at the end of the sweep: report.md + the W&B dashboard (needs logger=wandb)
+    domain: Optional[str] = None  # the domain source of gain and forgetting; null = each job's first data source
+    max_forgetting: float = 0.05  # the forgetting the best trade-off may have (5% higher perplexity elsewhere)
+
+
+@dataclass
 class ExportConfig:
     """A transformers model directory (safetensors, config, tokenizer, generation config) at the end of training."""
 
@@ -382,6 +394,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     # auto: continue from the latest complete checkpoint of this run directory, if any; none: start fresh;
     # or a checkpoint (step-*) or run directory to start from
     resume: str = "auto"

@@ -47,6 +47,11 @@ def validate(cfg: RunConfig, world_size: int, local_world_size: int) -> None:
         raise ConfigError("resume_allow", f"{unknown} are not settings a checkpoint records; choose among "
                           f"{list(RESUME_PLAN_KEYS)}")
     validate_spikes(cfg)
+    if cfg.report.wandb and not cfg.logger.wandb:
+        raise ConfigError("report.wandb", "builds the sweep's W&B dashboard from its jobs' W&B runs, and this run "
+                          "logs none: add logger=wandb")
+    if not 0 <= cfg.report.max_forgetting:
+        raise ConfigError("report.max_forgetting", f"is a fraction >= 0 (0.05 = 5%), got {cfg.report.max_forgetting}")
     if d.warn_epochs <= 0 or any(s.max_epochs is not None and s.max_epochs <= 0 for s in d.sources):
         raise ConfigError("data.warn_epochs", "and every data.sources[].max_epochs must be > 0")
     if t.eval_interval < 0:

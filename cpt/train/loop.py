@@ -211,12 +211,12 @@ def _train(cfg: RunConfig, run_dir: Path, env: distributed.DistEnv,
     val_loss = float("nan")
     if state.step == 0:  # the base model's validation: once per sweep (cpt.eval.base_validation)
         key = base_validation.base_key(cfg, env.world_size, manifest["fingerprint"], env.device.type)
-        found = [base_validation.load(key) if env.is_main else None]
+        found = [base_validation.load(key) if env.is_main and t.reuse_base_validation else None]
         dist.broadcast_object_list(found, src=0)  # every rank takes rank 0's decision
         record = found[0] or validation_record(0)
         if found[0] is not None:
             log.info("step-0 validation of this base model on this data taken from %s", base_validation.cache_path(key))
-        elif env.is_main:
+        elif env.is_main and t.reuse_base_validation:
             base_validation.store(key, record)
         sink.write(record)
         val_loss = record["val_loss"]

@@ -14,6 +14,8 @@ from cpt.config.schema import LoggerConfig, WandbMode
 
 log = logging.getLogger(__name__)
 
+TRAIN_JOB_TYPE = "train"  # a training run's W&B job type (a sweep's report run is "report": cpt/eval/dashboard.py)
+
 
 def has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -28,19 +30,25 @@ def run_id(run_dir: Path) -> str:
     return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
 
 
+def resolve_mode(mode: WandbMode) -> str:
+    """online or offline: auto is online exactly when an API key is configured."""
+    if mode != WandbMode.auto:
+        return mode.value
+    return "online" if has_api_key() else "offline"
+
+
 def start(cfg: LoggerConfig, run_dir: Path, config: dict) -> Optional[Any]:
-    """A wandb run, or None when W&B is off."""
+    """A wandb run (job type "train": the sweep's dashboard selects its jobs by it), or None when W&B is off."""
     if not cfg.wandb:
         return None
     import wandb
 
-    mode = cfg.mode.value
-    if cfg.mode == WandbMode.auto:
-        mode = "online" if has_api_key() else "offline"
-        if mode == "offline":
-            log.info("W&B: no API key configured, logging offline to %s/wandb (upload later: wandb sync "
-                     "%s/wandb/offline-run-*)", run_dir, run_dir)
+    mode = resolve_mode(cfg.mode)
+    if mode == "offline" and cfg.mode == WandbMode.auto:
+        log.info("W&B: no API key configured, logging offline to %s/wandb (upload later: wandb sync "
+                 "%s/wandb/offline-run-*)", run_dir, run_dir)
     run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.name, tags=cfg.tags or None,
-                     id=run_id(run_dir), resume="allow", dir=str(run_dir), config=config, mode=mode)
+                     job_type=TRAIN_JOB_TYPE, id=run_id(run_dir), resume="allow", dir=str(run_dir), config=config,
+                     mode=mode)
     log.info("W&B run %s (%s, group %s)", run.id, mode, cfg.group)
     return run
