@@ -218,17 +218,48 @@ class DedupConfig:
 
 
 @dataclass
+class HFDatasetConfig:
+    """A source that is a Hugging Face dataset (cpt/data/hf_source.py): the files `datasets` resolves for it, read as
+    a stream; on the hub only what is read is downloaded."""
+
+    path: str = MISSING  # hub id (owner/name), or a local directory: the hub's layout, or a `save_to_disk` directory
+    name: Optional[str] = None  # the dataset's configuration (subset), e.g. sample-10BT
+    split: str = "train"
+    revision: Optional[str] = None  # a commit, tag or branch (a commit sha makes the data fixed); null = main
+    data_files: List[str] = field(default_factory=list)  # only these files (patterns as on the hub); [] = the split's
+    shuffle_seed: Optional[int] = None  # read the files in this seeded order (what a budget takes); null = in order
+
+
+@dataclass
+class RowFilter:
+    """Keep only the records whose column `column` equals `equals` and/or lies in [min, max] (JSON, CSV, Parquet,
+    Arrow and Hugging Face records; a record without the column is dropped and counted)."""
+
+    column: str = MISSING
+    equals: Optional[str] = None  # compared as text: 'en', '1', 'true'
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+
+@dataclass
 class SourceConfig:
-    """One named corpus: files, directories (searched recursively) or globs, read by one converter each."""
+    """One named corpus: files, directories (searched recursively) or globs, read by one converter each — or a
+    Hugging Face dataset (hf). A budget (max_docs / max_tokens) takes the source's first documents (cpt/data/budget.py).
+    """
 
     name: str = MISSING
-    paths: List[str] = MISSING
+    paths: List[str] = field(default_factory=list)  # or hf
+    hf: Optional[HFDatasetConfig] = None
     # text | csv | tsv | json | jsonl | pdf | parquet | arrow | html | docx; null = from each file's extension
     # (under a compression suffix: .gz .zst .bz2 .xz)
     format: Optional[str] = None
     weight: float = 1.0  # share of training windows drawn from this source (normalized over sources)
     max_epochs: Optional[float] = None  # a run planned to go through this source more often is refused; null = no cap
     dedup: Optional[DedupConfig] = None  # this source's dedup settings; null = data.dedup
+    text_field: Optional[str] = None  # JSON, Parquet, Arrow, hf: the text column; null = data.convert.json_text_field
+    where: Optional[RowFilter] = None  # a row filter on a column (e.g. a language or a quality score)
+    max_docs: Optional[int] = None  # the first this many documents (after cleaning and dedup); null = all
+    max_tokens: Optional[int] = None  # the first documents holding at most this many tokens (each + EOS); null = all
 
 
 class Executor(str, Enum):

@@ -139,6 +139,14 @@ def validate_data(cfg: DataConfig) -> None:
             raise ConfigError(f"data.sources[{i}].name", f"must be unique, non-empty, without '/': {source.name!r}")
         if source.weight < 0:
             raise ConfigError(f"data.sources[{i}].weight", f"must be >= 0, got {source.weight}")
+        if bool(source.paths) == (source.hf is not None):
+            raise ConfigError(f"data.sources[{i}]", f"source '{source.name}' needs exactly one of paths (files, "
+                              "directories, globs) and hf (a Hugging Face dataset: {path: owner/name, split: train})")
+        for key in ("max_docs", "max_tokens"):
+            if getattr(source, key) is not None and getattr(source, key) < 1:
+                raise ConfigError(f"data.sources[{i}].{key}", f"must be null or >= 1, got {getattr(source, key)}")
+        if source.where is not None and (source.where.equals, source.where.min, source.where.max) == (None,) * 3:
+            raise ConfigError(f"data.sources[{i}].where", "names a column but no condition: set equals, min or max")
     if not any(s.weight > 0 for s in cfg.sources):
         raise ConfigError("data.sources", "every weight is 0: give at least one source a positive weight")
     for key, replay in [("data.replay", cfg.replay)] + [(f"data.stages[{i}].replay", st.replay)

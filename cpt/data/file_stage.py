@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Optional
 
 from cpt.common import faults
-from cpt.config.schema import CleanConfig, ConvertConfig, DedupConfig
+from cpt.config.schema import CleanConfig, ConvertConfig, DedupConfig, RowFilter
 from cpt.data.chunk import split_document
 from cpt.data.clean import clean_text, length_problem
 from cpt.data.columnar import parquet_row_groups, read_parquet
 from cpt.data.convert import convert_file, detect_format
 from cpt.data.dedup import Signature, signature
+from cpt.data.hf_source import read_remote
 from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
 from cpt.data.read_errors import EmptyFileError, FileError
 from cpt.data.split import split_of
@@ -48,6 +49,8 @@ class FileTask:
     val_fraction: float
     pages: Optional[tuple[int, int]] = None  # one range of a big PDF: pages first..last (1-based, inclusive)
     row_groups: Optional[tuple[int, int]] = None  # one range of a big Parquet file: first..last (0-based, inclusive)
+    url: Optional[str] = None  # a Hugging Face source's file on the hub (streamed by datasets); path = its name
+    where: Optional[RowFilter] = None  # the source's row filter
 
 
 @dataclass
@@ -68,6 +71,7 @@ class FileResult:
     error: Optional[str] = None  # the whole file (or its rest) could not be converted
     empty: bool = False  # readable, but no trainable text
     pages: Optional[Pages] = None  # a page range's lines, before its PDF is put together (finish_pdf)
+    filtered: int = 0  # records the source's row filter (where) left out
 
 
 def process_file(task: FileTask) -> FileResult:
@@ -78,6 +82,8 @@ def process_file(task: FileTask) -> FileResult:
         on_error = lambda line, message: result.record_errors.append((line, message))  # noqa: E731
         if task.pages:
             result.pages = read_pages(task.path, task.convert, on_error, *task.pages)
+        elif task.url:
+            add_documents(task, read_remote(task.url, result.format, task.convert.json_text_field, on_error), result)
         elif task.row_groups:
             add_documents(task, read_parquet(task.path, task.convert, on_error, task.row_groups), result)
         else:
@@ -115,6 +121,22 @@ def finish_row_groups(task: FileTask, parts: list[FileResult]) -> FileResult:
     return result
 
 
+def row_matches(record: dict, where: RowFilter) -> bool:
+    """Whether a record's column (among its fields) passes the source's row filter; no such column: it does not."""
+    value = (record.get("fields") or {}).get(where.column)
+    if value is None:
+        return False
+    if where.equals is not None and str(value).lower() != where.equals.lower():
+        return False
+    if where.min is not None or where.max is not None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        return (where.min is None or number >= where.min) and (where.max is None or number <= where.max)
+    return True
+
+
 ROW_NUMBERED = {"parquet", "arrow"}  # their documents are numbered by row: a range of row groups numbers alike
 
 
@@ -123,6 +145,9 @@ def add_documents(task: FileTask, records: Iterable[dict], result: FileResult) -
     by_row = result.format in ROW_NUMBERED
     for n, record in enumerate(records):
         n = record["row"] - 1 if by_row else n
+        if task.where is not None and not row_matches(record, task.where):
+            result.filtered += 1
+            continue
         for piece, where in split_document(record.pop("text"), task.chunk_chars):
             text = clean_text(piece, task.clean)
             doc_id = f"{task.source}:{task.path.name}#{n}" + (f"/{where['chunk']}" if where else "")
@@ -222,7 +247,7 @@ def _batches(units: Iterable[Unit]) -> Iterator[list[Unit]]:
     for unit in units:
         part = unit[1]
         try:
-            unit_size = BATCH_BYTES if part.pages or part.row_groups else part.path.stat().st_size
+            unit_size = BATCH_BYTES if part.pages or part.row_groups or part.url else part.path.stat().st_size
         except OSError:
             unit_size = 0  # the worker reports why it cannot be read
         if batch and (len(batch) >= BATCH_UNITS or size + unit_size > BATCH_BYTES):

@@ -16,8 +16,8 @@ its first seq_len tokens, targets the last seq_len). Training:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -133,7 +133,8 @@ class MixtureLoader:
         batches = []
         for m in range(self.grad_accum):
             first = (m * self.world + self.rank) * self.micro_batch
-            rows = [self.streams[n].read(start, self.seq_len + 1) for n, start in starts[first : first + self.micro_batch]]
+            window = starts[first : first + self.micro_batch]
+            rows = [self.streams[n].read(start, self.seq_len + 1) for n, start in window]
             batches.append(to_batch(np.stack(rows), self.device))
         return batches
 

@@ -13,8 +13,9 @@ position stays {step, windows consumed per source} and a resume across a stage b
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Optional
 
 from cpt.config.schema import DataConfig
 

@@ -27,6 +27,7 @@ class PrepareReport:
         self.warnings: list[str] = []
         self.kept: dict[str, Counter] = defaultdict(Counter)  # source -> split -> documents
         self.dropped: dict[str, Counter] = defaultdict(Counter)  # source -> reason -> documents
+        self.notes: dict[str, str] = {}  # source -> what its budget did
 
     def file(self, source: str, path: Path, fmt: str | None) -> dict:
         entry = {"path": str(path), "source": source, "format": fmt, "status": "ok", "docs": 0, "kept": 0,
@@ -67,10 +68,15 @@ class PrepareReport:
         entry["kept"] += 1
         self.kept[entry["source"]][split] += 1
 
-    def drop(self, entry: dict, reason: str) -> None:
-        entry["docs"] += 1
-        entry["dropped"][reason] += 1
-        self.dropped[entry["source"]][reason] += 1
+    def drop(self, entry: dict, reason: str, count: int = 1) -> None:
+        entry["docs"] += count
+        entry["dropped"][reason] += count
+        self.dropped[entry["source"]][reason] += count
+
+    def note(self, source: str, message: str) -> None:
+        """What a source's settings did as a whole (its budget): logged, and kept in report.json's summary."""
+        self.notes[source] = message
+        log.info("source %s: %s", source, message)
 
     def summary(self) -> dict:
         status = Counter(f["status"] for f in self.files)
@@ -80,6 +86,7 @@ class PrepareReport:
             "kept": {s: dict(c) for s, c in self.kept.items()},
             "dropped": {s: dict(c) for s, c in self.dropped.items()},
             "warnings": self.warnings,
+            "notes": self.notes,
         }
 
     def save(self, path: Path) -> None:

@@ -15,25 +15,28 @@ import resource
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from cpt.config.schema import DataConfig, RunConfig
+from cpt.config.validate import validate_data
+from cpt.data.budget import Budgets
 from cpt.data.convert import expand_paths
 from cpt.data.dedup import SHINGLE_HASH, Deduplicator
 from cpt.data.file_stage import FileResult, FileTask
+from cpt.data.hf_source import DatasetFiles, is_remote, resolve
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import Packer, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
-from cpt.model.tokenizer import Tokenizer, build_tokenizer, identity
+from cpt.model.tokenizer import Tokenizer, build_tokenizer, identity, worker_encoder
 from cpt.model.vocab import fertility_change
-from cpt.config.validate import validate_data
 
 log = logging.getLogger("cpt.prepare")
 
 
-def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]]) -> str:
+def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]],
+                datasets: Optional[dict[str, DatasetFiles]] = None) -> str:
     """Changes when anything that shapes the output changes: options, tokenizer, input files (size, mtime).
     Source weights, the replay share, stages and repetition limits are training-time choices and are left out, and
     so is how the work is spread."""
@@ -43,7 +46,9 @@ def fingerprint(cfg: DataConfig, tok_identity: dict, files: dict[str, list[Path]
     options["convert"] = {k: v for k, v in vars(cfg.convert).items()
                           if k not in ("pdf_pages_per_task", "parquet_row_groups_per_task")}
     listing = {name: [(str(p), *_size_and_mtime(p)) for p in paths] for name, paths in files.items()}
-    formats = {s.name: (s.format, repr(s.dedup)) for s in cfg.sources}
+    listing.update({name: resolved.identity for name, resolved in (datasets or {}).items()})
+    formats = {s.name: (s.format, repr(s.dedup), s.text_field, repr(s.where), s.max_docs, s.max_tokens,
+                        repr(s.hf)) for s in cfg.sources}
     ids = {k: v for k, v in tok_identity.items() if k != "name"}  # a hub id and its local copy tokenize alike
     blob = json.dumps([repr(options), ids, listing, formats, SHINGLE_HASH], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -59,16 +64,31 @@ def _size_and_mtime(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-def file_tasks(cfg: DataConfig, files: dict[str, list[Path]]) -> list[FileTask]:
-    return [FileTask(source.name, path, source.format, cfg.convert, cfg.clean, source.dedup or cfg.dedup,
-                     cfg.chunk_chars, cfg.val_fraction) for source in cfg.sources for path in files[source.name]]
+def file_tasks(cfg: DataConfig, files: dict[str, list[Path]],
+               datasets: Optional[dict[str, DatasetFiles]] = None) -> list[FileTask]:
+    """The files of every source in order; a Hugging Face source's files as `datasets` resolved them (remote ones
+    streamed by url)."""
+    tasks = []
+    for source in cfg.sources:
+        convert = replace(cfg.convert, json_text_field=source.text_field) if source.text_field else cfg.convert
+        base = FileTask(source.name, Path(), source.format, convert, cfg.clean, source.dedup or cfg.dedup,
+                        cfg.chunk_chars, cfg.val_fraction, where=source.where)
+        if source.hf is None:
+            tasks += [replace(base, path=path) for path in files[source.name]]
+            continue
+        resolved = datasets[source.name]
+        for file in resolved.files:
+            remote = is_remote(file)
+            tasks.append(replace(base, path=Path(file.split("://", 1)[1] if remote else file),
+                                 format=source.format or resolved.format, url=file if remote else None))
+    return tasks
 
 
 def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, docs_dir: Path,
-                    report: PrepareReport, packer: Packer) -> None:
+                    report: PrepareReport, packer: Packer, budgets: Budgets) -> None:
     """Every file converted, chunked, cleaned and signed (cpt.data.file_stage, in `data.num_proc` workers or a
     Slurm array); here, in file order, the dedup decisions, the report, docs/<source>.<split>.jsonl, and each kept
-    document handed to the packer (tokenized by its workers meanwhile)."""
+    document handed to the packer (tokenized by its workers meanwhile), within its source's budget."""
     from tqdm import tqdm
 
     docs_dir.mkdir(parents=True)
@@ -81,8 +101,13 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                 entry = report.file(task.source, task.path, result.format or task.format)
                 for line, message in result.record_errors:
                     report.record_error(entry, line, message)
+                if result.filtered:
+                    report.drop(entry, "filtered_out", result.filtered)
                 for doc in result.docs:
-                    reason = doc.dropped or dedup.check(doc.signature, doc.id, task.dedup)
+                    reason = doc.dropped or ("over_budget" if not budgets.wants(task.source) else None)
+                    reason = reason or dedup.check(doc.signature, doc.id, task.dedup)
+                    if not reason and not budgets.admit(task.source, doc.text):
+                        reason = "over_budget"
                     if reason:
                         report.drop(entry, reason)
                         continue
@@ -120,15 +145,18 @@ def make_plan(cfg: RunConfig) -> Plan:
     validate_data(d)
     tokenizer = build_tokenizer(cfg.model)
     tok_identity = identity(tokenizer)
-    files = {s.name: expand_paths(s.paths, f"data.sources[{i}].paths") for i, s in enumerate(d.sources)}
-    fp = fingerprint(d, tok_identity, files)
+    files = {s.name: expand_paths(s.paths, f"data.sources[{i}].paths") for i, s in enumerate(d.sources)
+             if s.hf is None}
+    datasets = {s.name: resolve(s.hf, f"data.sources[{i}].hf") for i, s in enumerate(d.sources) if s.hf is not None}
+    fp = fingerprint(d, tok_identity, files, datasets)
     out = data_dir(d)
     done = (out / MANIFEST).is_file() and json.loads((out / MANIFEST).read_text()).get("fingerprint") == fp
-    return Plan(cfg, tokenizer, tok_identity, fp, file_tasks(d, files), out, done)
+    return Plan(cfg, tokenizer, tok_identity, fp, file_tasks(d, files, datasets), out, done)
 
 
-def publish(plan: Plan, results: Iterable[tuple[FileTask, FileResult]]) -> Path:
-    """Every file's result (in file order) -> the prepared data at plan.out, swapped in whole."""
+def publish(plan: Plan, results: Iterable[tuple[FileTask, FileResult]], budgets: Optional[Budgets] = None) -> Path:
+    """Every file's result (in file order) -> the prepared data at plan.out, swapped in whole. `budgets`: the one
+    the results' producer consults to stop reading full sources (None: a fresh one, every result comes)."""
     cfg, d, tokenizer, out = plan.cfg, plan.cfg.data, plan.tokenizer, plan.out
     start, cpu = time.perf_counter(), _cpu_seconds()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -136,7 +164,8 @@ def publish(plan: Plan, results: Iterable[tuple[FileTask, FileResult]]) -> Path:
     tmp.mkdir(parents=True)
     try:
         stage_seconds: dict[str, float] = {}
-        dtype, sources = build(d, results, len(plan.tasks), tokenizer, tmp, stage_seconds)
+        budgets = budgets or Budgets(d.sources, worker_encoder(tokenizer))
+        dtype, sources = build(d, results, len(plan.tasks), tokenizer, tmp, stage_seconds, budgets)
         tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
         manifest = {"name": d.name, "fingerprint": plan.fingerprint, "tokenizer": plan.identity, "dtype": dtype,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "tokens": tokens,
@@ -165,7 +194,7 @@ def _cpu_seconds() -> dict[str, float]:
 
 
 def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: int, tokenizer, tmp: Path,
-          stage_seconds: dict[str, float]) -> tuple[str, dict]:
+          stage_seconds: dict[str, float], budgets: Budgets) -> tuple[str, dict]:
     """Documents, token shards and report.json into `tmp`: (token dtype, manifest entry per source and split);
     the wall time of each stage into stage_seconds: "convert" until the last file is decided (tokenizing overlaps
     it), "tokenize" for the batches still in flight then."""
@@ -174,11 +203,15 @@ def build(d: DataConfig, results: Iterable[tuple[FileTask, FileResult]], total: 
     start = time.perf_counter()
     dirs = {(s.name, split): tmp / s.name / split for s in d.sources for split in SPLITS}
     with Packer(dirs, tokenizer, dtype, d.shard_tokens, d.num_proc, d.tokenize_batch) as packer:
-        convert_sources(d, results, total, tmp / "docs", report, packer)
+        convert_sources(d, results, total, tmp / "docs", report, packer, budgets)
         stage_seconds["convert"] = round(time.perf_counter() - start, 2)
         start = time.perf_counter()
         entries = packer.close()
     stage_seconds["tokenize"] = round(time.perf_counter() - start, 2)
+    for source in d.sources:
+        said = budgets.summary(source.name)
+        if said:
+            report.note(source.name, said)
     report.log_summary()
     for source in d.sources:
         kept = report.kept.get(source.name)

@@ -17,9 +17,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
