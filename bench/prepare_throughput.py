@@ -3,11 +3,15 @@ rate on the same text with as many processes, and prepare's peak RSS on a corpus
 must stay flat).
 
     python bench/prepare_throughput.py [--copies 10] [--remix 4] [--num-proc 1,2] [--pdf PATH | --pdf none]
+                                       [--parquet-only]
 
 Corpora: the licenses; the same text remixed into `--remix` times as many distinct documents (where start-up
 weighs less); the licenses x`--copies` (near-duplicates: dedup's work). "start-up" is the wall time of the same
 command once the data is up to date (interpreter, hydra, tokenizer, file listing, fingerprint): what a corpus of
 any size pays once; "after start-up" rates leave it out.
+
+Then the remixed corpus as a Parquet dataset in the hub's layout, read as `hf: {path: <dir>}` (issue 24): tokens/s
+against the raw tokenizer, and peak RSS of it x1 and x10.
 
 Then one big PDF (default: the R reference manual of Debian's r-doc-pdf, 2,415 pages) at each num_proc: its pages
 are read in ranges of data.convert.pdf_pages_per_task by the workers.
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,9 +75,11 @@ def remix(corpus: Path, out: Path, copies: int, per_doc: int = 16) -> Path:
     return out
 
 
-def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str = "text") -> dict:
+def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str = "text",
+                hf: Optional[str] = None) -> dict:
+    source = f"hf: {{path: '{hf}'}}" if hf else f"paths: ['{paths}'], format: {fmt}"
     cmd = [sys.executable, "-m", "cpt.prepare", "data=sample", "data.name=bench", f"data.root={root}",
-           f"data.sources=[{{name: legal, paths: ['{paths}'], format: {fmt}}}]", f"model.tokenizer={tokenizer}",
+           f"data.sources=[{{name: legal, {source}}}]", f"model.tokenizer={tokenizer}",
            "model.arch.vocab_size=8192", f"data.num_proc={num_proc}", "data.clean.min_chars=100"]
     # a fresh wrapper process per measurement: RUSAGE_CHILDREN is then this prepare's peak (datasets' workers too)
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -90,6 +97,45 @@ def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str
             "stages": manifest["stage_seconds"], "work_s": manifest["seconds"], "cpu": manifest["cpu_seconds"],
             "dropped": report["summary"]["dropped"].get("legal", {}),
             "peak_rss_mib": peak / 1024}
+
+
+def to_parquet(text_dir: Path, out: Path, files: int = 4, row_group: int = 256) -> Path:
+    """The documents of a remixed corpus (one per text file) as `files` Parquet files of `row_group` rows per group,
+    the layout of a dataset on the hub (data/train-0000i-of-0000n.parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f.read_text() for f in sorted(text_dir.glob("*.txt"))]
+    (out / "data").mkdir(parents=True)
+    per_file = -(-len(texts) // files)
+    for i in range(files):
+        table = pa.table({"text": texts[i * per_file : (i + 1) * per_file]})
+        pq.write_table(table, out / "data" / f"train-{i:05d}-of-{files:05d}.parquet", row_group_size=row_group)
+    return out
+
+
+def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int) -> None:
+    """Parquet (issue 24): the remixed corpus as a hub-layout dataset read through `hf: {path: <dir>}` — row groups
+    are the units of work — end-to-end tokens/s against the raw tokenizer at the same process count, and peak RSS
+    of the corpus x1 and x10 (distinct documents, so the work grows ten-fold)."""
+    rows = []
+    for copies, nprocs in ((remix_x, counts), (1, [max(counts)]), (10, [max(counts)])):
+        dataset = to_parquet(remix(corpus, tmp / f"pq-text-{copies}", copies), tmp / f"pq-{copies}")
+        for n in nprocs:
+            run = run_prepare("", tokenizer, tmp / f"pq-run-{copies}-{n}", n, hf=str(dataset))
+            raw = raw_tokenizer_rate(tokenizer, tmp / f"pq-run-{copies}-{n}" / "bench" / "docs", n) \
+                if copies == remix_x else None
+            rows.append((f"remixed x{copies} as Parquet ({len(list(dataset.rglob('*.parquet')))} files)", n, run, raw))
+            shutil.rmtree(tmp / f"pq-run-{copies}-{n}")
+    print("\n| Parquet corpus | num_proc | tokens out | wall s | tokens/s end to end | raw tokenizer tokens/s | "
+          "end to end / raw | peak RSS MiB |\n|---|---|---|---|---|---|---|---|")
+    for name, n, r, raw in rows:
+        rate = r["tokens"] / r["wall_s"]
+        print(f"| {name} | {n} | {r['tokens']:,} | {r['wall_s']:.1f} | {rate:,.0f} | "
+              + (f"{raw:,.0f} | **{rate / raw:.2f}** |" if raw else "— | — |") + f" {r['peak_rss_mib']:,.0f} |")
+    one, ten = rows[-2][2], rows[-1][2]
+    print(f"\nParquet peak RSS x10 / x1 (num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
+          f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
 
 
 _TOKENIZER = None
@@ -134,6 +180,7 @@ def main() -> None:
     ap.add_argument("--num-proc", default="1,2", help="data.num_proc values to compare, comma-separated")
     ap.add_argument("--pdf", default=None, help="a big PDF to time at each num_proc (default: the R reference "
                                                  "manual if r-doc-pdf is installed; 'none': skip)")
+    ap.add_argument("--parquet-only", action="store_true", help="only the Parquet section (issue 24)")
     args = ap.parse_args()
     from cpt.assets.corpora import corpus_path, fetch_licenses
 
@@ -146,6 +193,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tokenizer = train_bpe(corpus, tmp / "bpe")
+        if args.parquet_only:
+            return parquet_section(corpus, tokenizer, tmp, counts, args.remix)
         big = tmp / "x10"
         big.mkdir()
         for f in sorted(corpus.glob("*.LICENSE")):
@@ -194,6 +243,8 @@ def main() -> None:
     one = next(r for name, n, r, _ in rows if name == "licenses" and n == hi)
     print(f"peak RSS x{args.copies} / x1 (num_proc={hi}) = {ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}; "
           f"x{args.copies} dropped {ten['dropped']}")
+    with tempfile.TemporaryDirectory() as tmp:
+        parquet_section(corpus, train_bpe(corpus, Path(tmp) / "bpe"), Path(tmp), counts, args.remix)
 
 
 if __name__ == "__main__":
