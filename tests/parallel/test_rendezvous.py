@@ -64,6 +64,7 @@ def test_a_submitit_task_on_a_cluster_that_exports_master_and_local_rank_adopts_
                    "MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456"}
 
 
+@pytest.mark.full  # a whole run
 def test_a_lone_run_ignores_the_clusters_rendezvous_exports(tmp_path):
     """One process (no RANK/WORLD_SIZE) on a node whose environment names a rendezvous elsewhere: it trains with a
     private one (it waited to reach 10.1.2.3 until the process group timed out)."""

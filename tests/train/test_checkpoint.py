@@ -51,6 +51,7 @@ def reference(reference_run):
     return curve(reference_run)
 
 
+@FULL  # the fast tier resumes after SIGUSR2 (test_sigusr2_...) on the same curve
 def test_sigkill_one_rank_then_rerun_is_bit_identical(tmp_path, reference):
     """Also with W&B (offline): the rerun continues the same W&B run id."""
     wandb = ["logger=wandb"]
@@ -156,6 +157,7 @@ def test_nan_is_skipped_and_never_reaches_disk(tmp_path):
     assert weights and all(torch.equal(step2[k], step3[k]) for k in weights)  # the NaN step changed nothing
 
 
+@FULL  # the fast tier keeps the skip case (test_nan_is_skipped_...)
 def test_nan_stops_the_run_by_default_and_keeps_the_last_checkpoint(tmp_path):
     run_dir, proc = run(tmp_path, "n", [*ONE, "checkpoint.interval=1"], {"CPT_FAULT_NAN": "3"}, ok=False)
     assert proc.returncode != 0 and "step 3: non-finite loss" in proc.stderr and "on_nonfinite=skip" in proc.stderr

@@ -18,6 +18,7 @@ from cpt.model.tokenizer import ByteTokenizer
 FULL = pytest.mark.full  # the full tier (make test-full)
 
 
+@FULL  # the fast tier exports from one rank (test_run_exports_and_evaluate_...)
 def test_two_rank_export_reloads_with_the_same_logits(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "helpers" / "export_probe.py"), str(tmp_path)]

@@ -48,9 +48,10 @@ def _curve(records):
     pytest.param("shard_grad_op", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=shard_grad_op"],
                  marks=FULL),
     # DDP with accumulation: gradients stay local on the first micro-batch (set_requires_gradient_sync)
-    ("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
-                        "fsdp=no_shard"]),
-    ("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"]),
+    pytest.param("no_shard_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
+                                    "fsdp=no_shard"], marks=FULL),
+    # offload's initial broadcast and placement: tests/parallel/test_parallel_init.py in the fast tier
+    pytest.param("offload", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "fsdp=offload"], marks=FULL),
     pytest.param("ac_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                               "trainer.activation_checkpointing=true"], marks=FULL),
     # full_shard reducing on the last micro-step only (unsharded gradients between micro-steps), not every one
@@ -60,7 +61,8 @@ def _curve(records):
     pytest.param("hybrid_accum", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=1", "trainer.grad_accum=2",
                                   "fsdp=hybrid_shard", "fsdp.shard_size=1"], marks=FULL),
     # the plain loss (full logits) against the chunked reference, through FSDP's gathered lm_head
-    ("plain_loss", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.loss=plain"]),
+    pytest.param("plain_loss", ["trainer.nproc_per_node=2", "trainer.micro_batch_size=2", "trainer.loss=plain"],
+                 marks=FULL),
     pytest.param("compile", ["trainer.compile=true"], marks=FULL),  # ~30 s of inductor compilation
     pytest.param("hybrid_2x2", ["trainer.nproc_per_node=4", "trainer.micro_batch_size=1", "fsdp=hybrid_shard",
                                 "fsdp.shard_size=2"], marks=FULL),
@@ -94,7 +96,7 @@ def _run_dirs(root):
     return [p for p in (root / "outputs").glob("*/*") if p.is_dir()]
 
 
-@pytest.mark.parametrize("launcher", [pytest.param("nproc_per_node", marks=FULL), "torchrun"])
+@pytest.mark.parametrize("launcher", [pytest.param("nproc_per_node", marks=FULL), pytest.param("torchrun", marks=FULL)])
 def test_one_run_directory_per_run(tmp_path, launcher):
     if launcher == "torchrun":
         proc = run_cli([*TINY, "trainer.micro_batch_size=2"], cwd=tmp_path, torchrun_nproc=2)
@@ -113,6 +115,7 @@ def test_one_run_directory_per_run(tmp_path, launcher):
     assert "micro_batch_size: 2" in (run_dir / "config.yaml").read_text()
 
 
+@FULL
 def test_failing_rank_fails_the_run_with_its_error(tmp_path):
     """A NaN loss under on_nonfinite=stop: every rank raises; the run exits non-zero and shows the error and the fix."""
     env = {**rank_env(), "CPT_FAULT_NAN": "2"}
