@@ -76,11 +76,11 @@ def remix(corpus: Path, out: Path, copies: int, per_doc: int = 16) -> Path:
 
 
 def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str = "text",
-                hf: Optional[str] = None) -> dict:
+                hf: Optional[str] = None, extra: tuple = ()) -> dict:
     source = f"hf: {{path: '{hf}'}}" if hf else f"paths: ['{paths}'], format: {fmt}"
     cmd = [sys.executable, "-m", "cpt.prepare", "data=sample", "data.name=bench", f"data.root={root}",
            f"data.sources=[{{name: legal, {source}}}]", f"model.tokenizer={tokenizer}",
-           "model.arch.vocab_size=8192", f"data.num_proc={num_proc}", "data.clean.min_chars=100"]
+           "model.arch.vocab_size=8192", f"data.num_proc={num_proc}", "data.clean.min_chars=100", *extra]
     # a fresh wrapper process per measurement: RUSAGE_CHILDREN is then this prepare's peak (datasets' workers too)
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
@@ -114,6 +114,20 @@ def to_parquet(text_dir: Path, out: Path, files: int = 4, row_group: int = 256) 
     return out
 
 
+def rss_without_near_dedup(corpus: Path, tokenizer: Path, tmp: Path, n: int) -> None:
+    """Peak RSS of the Parquet corpus x1 and x10 with near-dedup off: what reading, exact dedup and packing hold
+    (near-dedup's LSH index holds every kept document's signature: it grows with distinct documents by design)."""
+    runs = {}
+    for copies in (1, 10):
+        dataset = to_parquet(remix(corpus, tmp / f"nn-text-{copies}", copies), tmp / f"nn-{copies}")
+        runs[copies] = run_prepare("", tokenizer, tmp / f"nn-run-{copies}", n, hf=str(dataset),
+                                   extra=("data.dedup.near=false",))
+        print(f"| remixed x{copies} as Parquet, near-dedup off | {n} | {runs[copies]['tokens']:,} | "
+              f"{runs[copies]['wall_s']:.1f} | {runs[copies]['tokens'] / runs[copies]['wall_s']:,.0f} | — | — | "
+              f"{runs[copies]['peak_rss_mib']:,.0f} |")
+    print(f"\nnear-dedup off: peak RSS x10 / x1 = **{runs[10]['peak_rss_mib'] / runs[1]['peak_rss_mib']:.2f}**")
+
+
 def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int) -> None:
     """Parquet (issue 24): the remixed corpus as a hub-layout dataset read through `hf: {path: <dir>}` — row groups
     are the units of work — end-to-end tokens/s against the raw tokenizer at the same process count, and peak RSS
@@ -136,6 +150,7 @@ def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int],
     one, ten = rows[-2][2], rows[-1][2]
     print(f"\nParquet peak RSS x10 / x1 (num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
           f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
+    rss_without_near_dedup(corpus, tokenizer, tmp, max(counts))
 
 
 _TOKENIZER = None
@@ -181,6 +196,7 @@ def main() -> None:
     ap.add_argument("--pdf", default=None, help="a big PDF to time at each num_proc (default: the R reference "
                                                  "manual if r-doc-pdf is installed; 'none': skip)")
     ap.add_argument("--parquet-only", action="store_true", help="only the Parquet section (issue 24)")
+    ap.add_argument("--rss-only", action="store_true", help="only the Parquet x1 / x10 peak RSS without near-dedup")
     args = ap.parse_args()
     from cpt.assets.corpora import corpus_path, fetch_licenses
 
@@ -195,6 +211,8 @@ def main() -> None:
         tokenizer = train_bpe(corpus, tmp / "bpe")
         if args.parquet_only:
             return parquet_section(corpus, tokenizer, tmp, counts, args.remix)
+        if args.rss_only:
+            return rss_without_near_dedup(corpus, tokenizer, tmp, max(counts))
         big = tmp / "x10"
         big.mkdir()
         for f in sorted(corpus.glob("*.LICENSE")):
