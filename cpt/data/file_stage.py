@@ -10,8 +10,8 @@ goes on.
 A PDF with more than `data.convert.pdf_pages_per_task` pages is read in page ranges, one task each (several workers
 on one big manual); its document is put together and finished once every range is in, exactly as if it had been
 read whole. Likewise a Parquet file with more than `data.convert.parquet_row_groups_per_task` row groups is read in
-ranges of row groups; its rows are numbered as in the whole file, and the parts' documents are joined in order (up to
-the first part that fails, as a whole read stops there): the same result as one read of the whole file."""
+ranges of row groups; its rows are numbered as in the whole file, and the parts go on in order (up to the first part
+that fails, as a whole read stops there), each decided as it comes: the same result as one read of the whole file."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ class FileResult:
     empty: bool = False  # readable, but no trainable text
     pages: Optional[Pages] = None  # a page range's lines, before its PDF is put together (finish_pdf)
     filtered: int = 0  # records the source's row filter (where) left out
+    more: bool = False  # a part of a row-grouped Parquet file: more parts of the same file follow
 
 
 def process_file(task: FileTask) -> FileResult:
@@ -105,19 +106,6 @@ def finish_pdf(task: FileTask, parts: list[FileResult]) -> FileResult:
         add_documents(task, [to_record(task.path, [page for part in parts for page in part.pages])], result)
     except FileError as e:
         result.error = str(e)
-    return result
-
-
-def finish_row_groups(task: FileTask, parts: list[FileResult]) -> FileResult:
-    """A Parquet file read in ranges of row groups, put together: its parts in order, up to and with the first that
-    failed (a read of the whole file stops there too)."""
-    result = FileResult(format=parts[0].format)
-    for part in parts:
-        result.docs += part.docs
-        result.record_errors += part.record_errors
-        if part.error:
-            result.error = part.error
-            break
     return result
 
 
@@ -196,18 +184,26 @@ def run_in_order(tasks: Iterable[FileTask], num_proc: int) -> Iterator[tuple[Fil
 
 
 def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterator[tuple[FileTask, FileResult]]:
-    """Per-unit results (in unit order) -> per-file results, a PDF read in page ranges or a Parquet file read in
-    ranges of row groups put together."""
+    """Per-unit results (in unit order) -> per-file results: a PDF read in page ranges put together; a Parquet
+    file read in ranges of row groups passed on part by part (`more` set on all but its last), so the parent never
+    holds a whole big file — up to and with its first failed part (a read of the whole file stops there too)."""
     collected: list[FileResult] = []
+    failed = False
     for task, n_parts, result in part_results:
         if n_parts == 1:
             yield task, result
             continue
         collected.append(result)
-        if len(collected) == n_parts:
-            finish = finish_pdf if collected[0].format == "pdf" else finish_row_groups
-            yield task, finish(task, collected)
-            collected = []
+        last = len(collected) == n_parts
+        if collected[0].format != "pdf":
+            if not failed:
+                result.more = not (last or result.error)
+                yield task, result
+            failed = failed or bool(result.error)
+        elif last:
+            yield task, finish_pdf(task, collected)
+        if last:
+            collected, failed = [], False
 
 
 BATCH_UNITS, BATCH_BYTES = 64, 8 << 20  # small files travel to a worker together: one round trip for many

@@ -97,8 +97,9 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
             for s in cfg.sources for split in SPLITS}
     try:
         with tqdm(total=total, desc="prepare", unit="file", mininterval=1.0) as bar:  # closed on errors too
+            entry = None  # a row-grouped Parquet file's entry while its parts come in
             for task, result in results:
-                entry = report.file(task.source, task.path, result.format or task.format)
+                entry = entry or report.file(task.source, task.path, result.format or task.format)
                 for line, message in result.record_errors:
                     report.record_error(entry, line, message)
                 if result.filtered:
@@ -119,6 +120,9 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                     report.file_empty(entry, result.error)
                 elif result.error:
                     report.file_failed(entry, result.error)
+                if result.more:
+                    continue
+                entry = None
                 bar.update(1)
                 if bar.n % 256 == 0 or bar.n == total:  # formatting it for every file cost seconds on 20k files
                     bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
