@@ -60,6 +60,7 @@ def pack(tmp_path, name: str, tokenizer, docs: list[tuple[tuple, str]], num_proc
     return {"entries": entries, "files": files}
 
 
+@pytest.mark.full  # spawns tokenizer workers; num_proc 1 = 2 also in tests/data/test_formats.py (Parquet)
 def test_packing_is_the_same_for_any_process_count_and_batch_size(tmp_path):
     tok = qwen()
     texts = licenses(60)

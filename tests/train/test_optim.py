@@ -54,6 +54,7 @@ def test_constant_after_warmup():
     assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and set(f[4:]) == {1.0}
 
 
+@pytest.mark.full  # a whole run; the schedule itself is unit-tested above
 def test_training_steps_the_schedule_once_per_optimizer_step(tmp_path):
     """A real run with gradient accumulation (2 micro-steps per optimizer step) logs, at every step s, the LR of
     the update made at optimizer step s - 1 of its schedule: stepping per micro-step, or not at all, shows."""
