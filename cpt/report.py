@@ -16,22 +16,20 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cpt.common.errors import UserError, user_errors
 from cpt.config.schema import ReportConfig, WandbMode
 from cpt.eval.dashboard import PARETO_MEDIA, REPORT_JOB_TYPE, SPEC_FILE, build_spec, to_report
-from cpt.eval.sweep_report import find_jobs, report
+from cpt.eval.sweep_report import find_jobs, read_yaml, report
 from cpt.train.tracking import resolve_mode, run_id
 
 
 def wandb_settings(job_dirs: list[Path]) -> dict:
     """The jobs' logger settings; a sweep whose jobs did not log to W&B has no runs to show."""
     for job_dir in job_dirs:
-        config = yaml.safe_load((job_dir / "config.yaml").read_text()) if (job_dir / "config.yaml").is_file() else {}
-        logger = (config or {}).get("logger") or {}
+        logger = read_yaml(job_dir / "config.yaml", {}).get("logger") or {}
         if logger.get("wandb"):
             return logger
     raise UserError(f"{job_dirs[0].parent}: no job of this sweep logged to W&B (logger.wandb=false), so a dashboard "

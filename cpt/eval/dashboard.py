@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from matplotlib import colormaps
 from matplotlib.colors import to_hex
 
 from cpt.eval.run_summary import step_records
+from cpt.eval.sweep_report import read_yaml
 
 SPEC_FILE = "wandb_dashboard.json"
 REPORT_JOB_TYPE = "report"  # the sweep's report run; training runs are "train" (cpt.train.tracking)
@@ -42,9 +42,7 @@ def _config_value(config: dict, dotted: str) -> Any:
 
 
 def _overrides(job_dir: Path) -> dict[str, str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.is_file() else []
-    pairs = [item.split("=", 1) for item in items or [] if "=" in item]
+    pairs = [item.split("=", 1) for item in read_yaml(job_dir / ".hydra" / "overrides.yaml", []) if "=" in item]
     return {key.lstrip("+~"): value for key, value in pairs if not key.lstrip("+~").startswith("hydra.")}
 
 
@@ -54,14 +52,10 @@ def swept_keys(job_dirs: list[Path]) -> tuple[list[str], list[str]]:
     overrides = [_overrides(d) for d in job_dirs]
     keys = sorted({k for o in overrides for k in o})
     varying = [k for k in keys if len({o.get(k) for o in overrides}) > 1]
-    configs = [_read_yaml(d / "config.yaml") for d in job_dirs]
+    configs = [read_yaml(d / "config.yaml", {}) for d in job_dirs]
     columns = [k for k in varying if all(not isinstance(_config_value(c, k), (dict, list)) for c in configs)
                and any(_config_value(c, k) is not None for c in configs)]
     return columns, [k for k in varying if k not in columns]
-
-
-def _read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {} if path.is_file() else {}
 
 
 def wandb_run_id(job_dir: Path) -> Optional[str]:
@@ -106,7 +100,7 @@ def logged_keys(job_dirs: list[Path]) -> tuple[set[str], set[str]]:
 
 def build_spec(sweep: Path, job_dirs: list[Path], report_md: str, has_pareto: bool) -> dict:
     """The dashboard of a sweep whose jobs logged to W&B (see the module's docstring)."""
-    configs = [_read_yaml(d / "config.yaml") for d in job_dirs]
+    configs = [read_yaml(d / "config.yaml", {}) for d in job_dirs]
     logger = next((c.get("logger") for c in configs if c.get("logger")), {}) or {}
     group = logger.get("group") or str(sweep)
     sources = [s["name"] for s in (configs[0].get("data") or {}).get("sources") or [] if "name" in s]

@@ -31,13 +31,18 @@ from cpt.eval.run_summary import step_records
 DEFAULT_MAX_FORGETTING = 0.05  # 5% higher perplexity on the replayed/general sources
 
 
+def read_yaml(path: Path, default):
+    """A job's YAML file (.hydra/overrides.yaml, config.yaml), or `default` when it is missing or empty."""
+    return (yaml.safe_load(path.read_text()) if path.is_file() else None) or default
+
+
 def read_job(job_dir: Path, domain: Optional[str] = None) -> dict:
     """One job's row; `domain` names the domain source (default: the first source of the job's data config)."""
     train, val_records = step_records(job_dir / "metrics.jsonl")
     val = {step: r["val_loss"] for step, r in val_records.items()}
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    config = yaml.safe_load((job_dir / "config.yaml").read_text()) if (job_dir / "config.yaml").is_file() else {}
+    overrides = read_yaml(overrides_file, [])
+    config = read_yaml(job_dir / "config.yaml", {})
     steps = (config.get("trainer") or {}).get("steps")
     last = max(train) if train else 0
     min_step = min(val, key=val.get) if val else None
