@@ -11,15 +11,17 @@ from __future__ import annotations
 from typing import Optional
 
 from cpt.config.schema import SourceConfig
+from cpt.model.tokenizer import Tokenizer, worker_encoder
 
 
 class Budgets:
-    def __init__(self, sources: list[SourceConfig], encoder=None):
+    def __init__(self, sources: list[SourceConfig], tokenizer: Tokenizer):
         self.limits = {s.name: (s.max_docs, s.max_tokens) for s in sources if s.max_docs or s.max_tokens}
         self.docs = dict.fromkeys(self.limits, 0)
         self.tokens = dict.fromkeys(self.limits, 0)
         self.full: set[str] = set()
-        self.encoder = encoder if any(tokens for _, tokens in self.limits.values()) else None
+        # the packer's encoder (same ids), built only where a token budget needs it
+        self.encoder = worker_encoder(tokenizer) if any(t for _, t in self.limits.values()) else None
 
     def wants(self, source: str) -> bool:
         """Whether the source still takes documents (what the readers are asked for)."""

@@ -69,7 +69,7 @@ def resolve(hf: HFDatasetConfig, key: str) -> DatasetFiles:
 
 
 def _stats(paths: list[Path]) -> list:
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    return [(str(p), stat.st_size, stat.st_mtime_ns) for p in paths for stat in [p.stat()]]
 
 
 def _builder(hf: HFDatasetConfig, key: str, local: Path):

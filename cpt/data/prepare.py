@@ -19,7 +19,6 @@ from cpt.data.budget import Budgets
 from cpt.data.file_stage import run_in_order
 from cpt.data.publish import make_plan, publish, work_dir
 from cpt.data.slurm_prepare import prepare_on_slurm
-from cpt.model.tokenizer import worker_encoder
 
 log = logging.getLogger("cpt.prepare")
 
@@ -33,6 +32,6 @@ def prepare(cfg: RunConfig) -> Path:
         return plan.out
     if cfg.data.executor == Executor.slurm:
         return prepare_on_slurm(cfg, plan.tasks, work_dir(cfg.data, plan.fingerprint))
-    budgets = Budgets(cfg.data.sources, worker_encoder(plan.tokenizer))  # a full source's files are not read
+    budgets = Budgets(cfg.data.sources, plan.tokenizer)  # a full source's files are not read
     return publish(plan, run_in_order((t for t in plan.tasks if budgets.wants(t.source)), cfg.data.num_proc),
                    budgets)

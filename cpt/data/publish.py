@@ -29,7 +29,7 @@ from cpt.data.hf_source import DatasetFiles, is_remote, resolve
 from cpt.data.manifest import MANIFEST, SPLITS, data_dir
 from cpt.data.pack import Packer, token_dtype
 from cpt.data.prepare_report import PrepareError, PrepareReport
-from cpt.model.tokenizer import Tokenizer, build_tokenizer, identity, worker_encoder
+from cpt.model.tokenizer import Tokenizer, build_tokenizer, identity
 from cpt.model.vocab import fertility_change
 
 log = logging.getLogger("cpt.prepare")
@@ -168,7 +168,7 @@ def publish(plan: Plan, results: Iterable[tuple[FileTask, FileResult]], budgets:
     tmp.mkdir(parents=True)
     try:
         stage_seconds: dict[str, float] = {}
-        budgets = budgets or Budgets(d.sources, worker_encoder(tokenizer))
+        budgets = budgets or Budgets(d.sources, tokenizer)
         dtype, sources = build(d, results, len(plan.tasks), tokenizer, tmp, stage_seconds, budgets)
         tokens = sum(e["tokens"] for s in sources.values() for e in s.values())
         manifest = {"name": d.name, "fingerprint": plan.fingerprint, "tokenizer": plan.identity, "dtype": dtype,
