@@ -187,23 +187,24 @@ def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterat
     """Per-unit results (in unit order) -> per-file results: a PDF read in page ranges put together; a Parquet
     file read in ranges of row groups passed on part by part (`more` set on all but its last), so the parent never
     holds a whole big file — up to and with its first failed part (a read of the whole file stops there too)."""
-    collected: list[FileResult] = []
-    failed = False
+    pdf_parts: list[FileResult] = []  # a PDF's page ranges until the last is in
+    seen, failed = 0, False  # parts of the current file so far; whether one of them failed
     for task, n_parts, result in part_results:
         if n_parts == 1:
             yield task, result
             continue
-        collected.append(result)
-        last = len(collected) == n_parts
-        if collected[0].format != "pdf":
-            if not failed:
-                result.more = not (last or result.error)
-                yield task, result
-            failed = failed or bool(result.error)
-        elif last:
-            yield task, finish_pdf(task, collected)
+        seen += 1
+        last = seen == n_parts
+        if result.format == "pdf":
+            pdf_parts.append(result)
+            if last:
+                yield task, finish_pdf(task, pdf_parts)
+        elif not failed:  # a row-grouped Parquet part: passed on, not kept
+            result.more = not (last or result.error)
+            failed = bool(result.error)
+            yield task, result
         if last:
-            collected, failed = [], False
+            pdf_parts, seen, failed = [], 0, False
 
 
 BATCH_UNITS, BATCH_BYTES = 64, 8 << 20  # small files travel to a worker together: one round trip for many

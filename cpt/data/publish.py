@@ -106,7 +106,7 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                     report.drop(entry, "filtered_out", result.filtered)
                 for doc in result.docs:
                     reason = doc.dropped or ("over_budget" if not budgets.wants(task.source) else None)
-                    reason = reason or dedup.check(doc.signature, doc.id, task.dedup)
+                    reason = reason or dedup.check(doc.signature, task.dedup)
                     if not reason and not budgets.admit(task.source, doc.text):
                         reason = "over_budget"
                     if reason:

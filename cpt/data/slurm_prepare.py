@@ -171,7 +171,7 @@ def _ranges(ks: list[int]) -> str:
 
 def _encode(r: FileResult) -> dict:
     docs = [{"id": d.id, "text": d.text, "meta": d.meta, "dropped": d.dropped, "split": d.split,
-             "key": d.signature[0].hex() if d.signature[0] is not None else None,
+             "key": d.signature[0],
              "minhash": d.signature[1].tolist() if d.signature[1] is not None else None} for d in r.docs]
     return {"format": r.format, "docs": docs, "record_errors": r.record_errors, "error": r.error, "empty": r.empty,
             "pages": r.pages}
@@ -179,7 +179,7 @@ def _encode(r: FileResult) -> dict:
 
 def _decode(o: dict) -> FileResult:
     docs = [Doc(d["id"], d["text"], d["meta"], d["dropped"],
-                (bytes.fromhex(d["key"]) if d["key"] is not None else None,
+                (d["key"],
                  np.array(d["minhash"], dtype=np.uint32) if d["minhash"] is not None else None), d["split"])
             for d in o["docs"]]
     return FileResult(o["format"], docs, [tuple(e) for e in o["record_errors"]], o["error"], o["empty"], o["pages"])

@@ -77,7 +77,51 @@ def test_near_duplicates_are_dropped_across_documents_in_order():
     cfg = DedupConfig()
     dedup = Deduplicator()
     twin = text.replace("the", "THE", 2) + "\n(a copy)"
-    assert dedup.check(signature(text, cfg), "a", cfg) is None
-    assert dedup.check(signature(text.upper(), cfg), "b", cfg) == "exact_duplicate"  # case: same normalized key
-    assert dedup.check(signature(twin, cfg), "c", cfg) == "near_duplicate"
-    assert dedup.check(signature(licenses(300)[-1], cfg), "d", cfg) is None
+    assert dedup.check(signature(text, cfg), cfg) is None
+    assert dedup.check(signature(text.upper(), cfg), cfg) == "exact_duplicate"  # case: same normalized key
+    assert dedup.check(signature(twin, cfg), cfg) == "near_duplicate"
+    assert dedup.check(signature(licenses(300)[-1], cfg), cfg) is None
+
+
+def test_near_index_decides_as_datasketch_lsh():
+    """The compact index keeps and drops exactly the documents datasketch's MinHashLSH (query, then insert if no
+    candidate) keeps and drops, on licenses and edited copies of them at every distance around the threshold."""
+    from datasketch import LeanMinHash, MinHashLSH
+
+    rng = random.Random(0)
+    texts = licenses(150)
+    for text in texts[:100]:  # copies with 0.5% .. 5% of the words replaced: Jaccard ~0.95 .. ~0.6 on 5-word shingles
+        words = text.split()
+        for share in (0.005, 0.01, 0.02, 0.03, 0.05):
+            copy = [rng.choice(("alpha", "beta", "gamma")) if rng.random() < share else w for w in words]
+            texts.append(" ".join(copy))
+    rng.shuffle(texts)
+    cfg = DedupConfig(exact=False)
+    reference, ours = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm), Deduplicator()
+    expected, got = [], []
+    for n, text in enumerate(texts):
+        sig = signature(text, cfg)
+        mh = LeanMinHash(seed=1, hashvalues=sig[1], scheme="affine32")
+        duplicate = bool(reference.query(mh))
+        if not duplicate:
+            reference.insert(n, mh)
+        expected.append("near_duplicate" if duplicate else None)
+        got.append(ours.check(sig, cfg))
+    assert got == expected
+    assert 150 < expected.count(None) < 550 and expected.count("near_duplicate") > 100  # both outcomes, many of each
+
+
+def test_hash_set_holds_what_a_set_holds_across_merges():
+    from cpt.data.hash_set import HashSet
+
+    rng = random.Random(1)
+    ours, reference = HashSet(merge_at=64), set()
+    for n in range(5000):
+        batch = [rng.getrandbits(64) for _ in range(rng.randint(1, 9))]
+        if n % 5 == 0 and reference:  # some members again, old and recent
+            batch[0] = rng.choice(sorted(reference))
+        assert ours.contains_any(batch) == any(h in reference for h in batch)
+        ours.update(batch)
+        reference.update(batch)
+    assert len(ours) == len(reference) and all(h in ours for h in rng.sample(sorted(reference), 500))
+    assert ours.nbytes() < 10 * len(reference)  # merged into the array: 8 bytes a member
