@@ -152,6 +152,32 @@ def test_a_damaged_row_group_stops_the_file_there_however_it_is_split(tmp_path):
     assert "the rows before it are kept" in entry["error"]
 
 
+def test_a_row_grouped_file_is_passed_on_part_by_part_and_not_held():
+    """The parts of a row-grouped Parquet file reach the parent one by one (`more` on all but the last) and none is
+    kept once the next has come: memory does not grow with the size of a file."""
+    import gc
+    import weakref
+
+    from cpt.data.file_stage import FileResult, assemble
+
+    task = FileTask("s", Path("big.parquet"), None, ConvertConfig(), None, None, None, 0.1)
+    alive = []
+
+    def parts():
+        for n in range(4):
+            part = FileResult(format="parquet")
+            alive.append(weakref.ref(part))
+            yield task, 4, part
+
+    passed = []
+    for _, result in assemble(parts()):
+        passed.append(result.more)
+        del result
+        gc.collect()
+        assert sum(ref() is not None for ref in alive) <= 1  # only the part just passed on (held by the generator)
+    assert passed == [True, True, True, False]
+
+
 def test_a_save_to_disk_directory_is_one_source_read_in_order(tmp_path):
     datasets = pytest.importorskip("datasets", reason="datasets (the dev extra) writes the directory")
     ds = datasets.Dataset.from_dict({"text": [f"sample {i}" for i in range(30)], "k": list(range(30))})
