@@ -104,14 +104,14 @@ def test_a_requeueing_slurm_sweep_without_periodic_checkpoints_is_refused_before
 def test_slurm_sweeps_are_submitted_with_kill_on_bad_exit(monkeypatch):
     from omegaconf import OmegaConf
 
-    from cpt.parallel.launch import SweepChecks
+    from cpt.parallel.sweep_checks import SweepChecks
 
     def config(target, interval=2):
         return OmegaConf.create({"hydra": {"launcher": {"_target_": target, "max_num_timeout": 3}},
                                  "checkpoint": {"interval": interval}})
 
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-    monkeypatch.setattr("cpt.parallel.launch.check_every_job", lambda config: None)  # tested below, end to end
+    monkeypatch.setattr("cpt.parallel.sweep_checks.check_every_job", lambda config: None)  # tested below, end to end
     monkeypatch.delenv("SLURM_KILL_BAD_EXIT", raising=False)
     SweepChecks().on_multirun_start(config("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"))
     assert "SLURM_KILL_BAD_EXIT" not in os.environ

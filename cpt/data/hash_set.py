@@ -2,8 +2,8 @@
 the band hashes of its MinHash signature (cpt.data.dedup). A Python set of ints costs ~70 bytes a member and
 datasketch's in-memory LSH index ~3.4 KiB a document (a set per bucket): on a corpus of millions of documents that
 is the largest thing prepare holds. Here new members go into a small Python set; when it passes an eighth of the
-sorted array (at least MERGE_AT members) it is merged into that array, so every member is copied a few times per doubling
-of the set and the set's memory is ~8 bytes a member plus the recent ones."""
+sorted array (at least MERGE_AT members) it is merged into that array, so every member is copied a few times per
+doubling of the set, and the set's memory is ~8 bytes a member plus the recent ones."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ from cpt.config.validate import validate_eval
 from cpt.data.loader import num_windows
 from cpt.data.manifest import data_dir, load_manifest_file, open_streams
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
-from cpt.eval.heldout import perplexity, summed_loss
+from cpt.eval.heldout import summed_loss
+from cpt.eval.perplexity import perplexity
 from cpt.eval.retokenize import sets_per_model
 from cpt.eval.tasks import compare_tasks, run_tasks, task_markdown
 from cpt.model.tokenizer import HFTokenizer, identity, same_ids

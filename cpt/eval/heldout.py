@@ -8,7 +8,6 @@ process."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Optional
@@ -20,12 +19,6 @@ from torch import nn
 from cpt.config.schema import LossImpl
 from cpt.data.loader import Batch, TokenStream, num_windows, to_batch
 from cpt.model.loss import lm_loss
-
-MAX_LOG_PPL = 50.0  # perplexity is reported as exp(min(loss, 50)): a diverged model gives a large number, not inf
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, MAX_LOG_PPL))
 
 
 def rank_windows(stream: TokenStream, seq_len: int, rank: int, world: int, max_windows: int) -> range:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from cpt.eval.heldout import perplexity
+from cpt.eval.perplexity import perplexity
 
 
 def gain_and_forgetting(val: dict[int, dict], domain: str) -> Optional[dict]:

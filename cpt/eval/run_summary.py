@@ -13,8 +13,8 @@ import statistics
 from pathlib import Path
 from typing import Optional
 
-from cpt.eval.heldout import perplexity
 from cpt.eval.pareto import gain_and_forgetting
+from cpt.eval.perplexity import perplexity
 
 
 def step_records(metrics: Path) -> tuple[dict[int, dict], dict[int, dict]]:

@@ -24,8 +24,8 @@ from typing import Optional
 
 import yaml
 
-from cpt.eval.heldout import perplexity
 from cpt.eval.pareto import best_tradeoff, gain_and_forgetting, pareto_front, plot_pareto
+from cpt.eval.perplexity import perplexity
 from cpt.eval.run_summary import step_records
 
 DEFAULT_MAX_FORGETTING = 0.05  # 5% higher perplexity on the replayed/general sources

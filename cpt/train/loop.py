@@ -27,7 +27,8 @@ from cpt.data.provenance import DocumentIndex
 from cpt.data.repetition import check_repetition, planned_epochs
 from cpt.eval import base_validation
 from cpt.eval.bits_per_byte import bits_per_byte, token_bytes
-from cpt.eval.heldout import perplexity, rank_windows, summed_loss
+from cpt.eval.heldout import rank_windows, summed_loss
+from cpt.eval.perplexity import perplexity
 from cpt.eval.run_summary import run_summary
 from cpt.model.build import check_vocab, check_weights_loaded
 from cpt.model.loss import lm_loss

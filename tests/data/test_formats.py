@@ -164,7 +164,7 @@ def test_a_row_grouped_file_is_passed_on_part_by_part_and_not_held():
     alive = []
 
     def parts():
-        for n in range(4):
+        for _ in range(4):
             part = FileResult(format="parquet")
             alive.append(weakref.ref(part))
             yield task, 4, part

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from test_loader import CPU, make_stream
 
 from cpt.config.schema import ModelConfig
-from cpt.eval.heldout import perplexity, rank_windows, summed_loss, window_batches
+from cpt.eval.heldout import rank_windows, summed_loss, window_batches
+from cpt.eval.perplexity import perplexity
 from cpt.model.build import build_model
 
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from conftest import TINY, rank_env, read_metrics, read_wandb_offline
-from cpt.eval.heldout import perplexity
 from cpt.eval.pareto import gain_and_forgetting
+from cpt.eval.perplexity import perplexity
 from cpt.eval.run_summary import run_summary
 
 
