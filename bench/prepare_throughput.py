@@ -3,7 +3,7 @@ rate on the same text with as many processes, and prepare's peak RSS on a corpus
 must stay flat).
 
     python bench/prepare_throughput.py [--copies 10] [--remix 4] [--num-proc 1,2] [--pdf PATH | --pdf none]
-                                       [--parquet-only]
+                                       [--parquet-only] [--tokenizer DIR]
 
 Corpora: the licenses; the same text remixed into `--remix` times as many distinct documents (where start-up
 weighs less); the licenses x`--copies` (near-duplicates: dedup's work). "start-up" is the wall time of the same
@@ -11,7 +11,8 @@ command once the data is up to date (interpreter, hydra, tokenizer, file listing
 any size pays once; "after start-up" rates leave it out.
 
 Then the remixed corpus as a Parquet dataset in the hub's layout, read as `hf: {path: <dir>}` (issue 24): tokens/s
-against the raw tokenizer, and peak RSS of it x1 and x10.
+end to end and after start-up against the raw tokenizer (two ways), and peak RSS of it and of it x10, with near-dedup
+and without; `--tokenizer DIR` runs this section with another tokenizer (e.g. Qwen2.5's).
 
 Then one big PDF (default: the R reference manual of Debian's r-doc-pdf, 2,415 pages) at each num_proc: its pages
 are read in ranges of data.convert.pdf_pages_per_task by the workers.
@@ -80,7 +81,8 @@ def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str
     source = f"hf: {{path: '{hf}'}}" if hf else f"paths: ['{paths}'], format: {fmt}"
     cmd = [sys.executable, "-m", "cpt.prepare", "data=sample", "data.name=bench", f"data.root={root}",
            f"data.sources=[{{name: legal, {source}}}]", f"model.tokenizer={tokenizer}",
-           "model.arch.vocab_size=8192", f"data.num_proc={num_proc}", "data.clean.min_chars=100", *extra]
+           f"model.arch.vocab_size={vocab_size(tokenizer)}", f"data.num_proc={num_proc}", "data.clean.min_chars=100",
+           *extra]
     # a fresh wrapper process per measurement: RUSAGE_CHILDREN is then this prepare's peak (datasets' workers too)
     wrapper = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)")
@@ -99,6 +101,12 @@ def run_prepare(paths: str, tokenizer: Path, root: Path, num_proc: int, fmt: str
             "peak_rss_mib": peak / 1024}
 
 
+def vocab_size(tokenizer: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+
+
 def to_parquet(text_dir: Path, out: Path, files: int = 4, row_group: int = 256) -> Path:
     """The documents of a remixed corpus (one per text file) as `files` Parquet files of `row_group` rows per group,
     the layout of a dataset on the hub (data/train-0000i-of-0000n.parquet)."""
@@ -114,55 +122,61 @@ def to_parquet(text_dir: Path, out: Path, files: int = 4, row_group: int = 256) 
     return out
 
 
-def rss_without_near_dedup(corpus: Path, tokenizer: Path, tmp: Path, n: int) -> None:
-    """Peak RSS of the Parquet corpus x1 and x10 with near-dedup off: what reading, exact dedup and packing hold
-    (near-dedup's LSH index holds every kept document's signature: it grows with distinct documents by design)."""
-    runs = {}
-    for copies in (1, 10):
-        dataset = to_parquet(remix(corpus, tmp / f"nn-text-{copies}", copies), tmp / f"nn-{copies}")
-        runs[copies] = run_prepare("", tokenizer, tmp / f"nn-run-{copies}", n, hf=str(dataset),
-                                   extra=("data.dedup.near=false",))
-        print(f"| remixed x{copies} as Parquet, near-dedup off | {n} | {runs[copies]['tokens']:,} | "
-              f"{runs[copies]['wall_s']:.1f} | {runs[copies]['tokens'] / runs[copies]['wall_s']:,.0f} | — | — | "
-              f"{runs[copies]['peak_rss_mib']:,.0f} |")
-    print(f"\nnear-dedup off: peak RSS x10 / x1 = **{runs[10]['peak_rss_mib'] / runs[1]['peak_rss_mib']:.2f}**")
-
-
-def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int) -> None:
-    """Parquet (issue 24): the remixed corpus as a hub-layout dataset read through `hf: {path: <dir>}` — row groups
-    are the units of work — end-to-end tokens/s against the raw tokenizer at the same process count, and peak RSS
-    of the corpus x1 and x10 (distinct documents, so the work grows ten-fold)."""
-    rows = []
-    for copies, nprocs in ((remix_x, counts), (1, [max(counts)]), (10, [max(counts)])):
-        dataset = to_parquet(remix(corpus, tmp / f"pq-text-{copies}", copies), tmp / f"pq-{copies}")
+def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int,
+                    near_off: bool = True) -> None:
+    """Parquet (issue 24): the remixed corpus (x`remix_x`) as a hub-layout dataset read through `hf: {path: <dir>}`
+    (row groups are the units of work): end-to-end and after-start-up tokens/s at each num_proc against the raw
+    tokenizer at the same process count, measured two ways — cpt's tokenizer (transformers, its own threads) and the
+    Rust backend alone with one thread per process (what prepare's tokenizer workers run; the faster here) — then
+    the same corpus x10 (distinct documents: ten times the work) for peak RSS, with near-dedup and without."""
+    rows, rss_runs = [], []
+    datasets = {x: to_parquet(remix(corpus, tmp / f"pq-text-{x}", x), tmp / f"pq-{x}") for x in (remix_x, 10 * remix_x)}
+    for x in (remix_x, 10 * remix_x):
+        shutil.rmtree(tmp / f"pq-text-{x}")
+    for copies, nprocs, extra in ((remix_x, counts, ()), (10 * remix_x, [max(counts)], ()),
+                                  *(((remix_x, [max(counts)], ("data.dedup.near=false",)),
+                                     (10 * remix_x, [max(counts)], ("data.dedup.near=false",))) if near_off else ())):
         for n in nprocs:
-            run = run_prepare("", tokenizer, tmp / f"pq-run-{copies}-{n}", n, hf=str(dataset))
-            raw = raw_tokenizer_rate(tokenizer, tmp / f"pq-run-{copies}-{n}" / "bench" / "docs", n) \
-                if copies == remix_x else None
-            rows.append((f"remixed x{copies} as Parquet ({len(list(dataset.rglob('*.parquet')))} files)", n, run, raw))
-            shutil.rmtree(tmp / f"pq-run-{copies}-{n}")
-    print("\n| Parquet corpus | num_proc | tokens out | wall s | tokens/s end to end | raw tokenizer tokens/s | "
-          "end to end / raw | peak RSS MiB |\n|---|---|---|---|---|---|---|---|")
-    for name, n, r, raw in rows:
-        rate = r["tokens"] / r["wall_s"]
-        print(f"| {name} | {n} | {r['tokens']:,} | {r['wall_s']:.1f} | {rate:,.0f} | "
-              + (f"{raw:,.0f} | **{rate / raw:.2f}** |" if raw else "— | — |") + f" {r['peak_rss_mib']:,.0f} |")
-    one, ten = rows[-2][2], rows[-1][2]
-    print(f"\nParquet peak RSS x10 / x1 (num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
-          f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
-    rss_without_near_dedup(corpus, tokenizer, tmp, max(counts))
+            root = tmp / f"pq-run-{copies}-{n}"
+            run = run_prepare("", tokenizer, root, n, hf=str(datasets[copies]), extra=extra)
+            run["startup_s"] = run_prepare("", tokenizer, root, n, hf=str(datasets[copies]), extra=extra)["wall_s"]
+            raws = None
+            if copies == remix_x and not extra:
+                docs = root / "bench" / "docs"
+                raws = (raw_tokenizer_rate(tokenizer, docs, n), raw_tokenizer_rate(tokenizer, docs, n, backend=True))
+            name = f"remixed x{copies} ({len(list(datasets[copies].rglob('*.parquet')))} files)"
+            rows.append((name + (", near-dedup off" if extra else ""), n, run, raws))
+            if n == max(counts):
+                rss_runs.append((copies, n, extra, run))
+            shutil.rmtree(root)
+    print("\n| Parquet corpus | num_proc | tokens out | wall s | start-up s | tokens/s end to end | tokens/s after "
+          "start-up | raw: cpt tokenizer | raw: backend, 1 thread | end to end / raw (either) | after start-up / raw "
+          "(either) | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, n, r, raws in rows:
+        rate, work = r["tokens"] / r["wall_s"], r["tokens"] / (r["wall_s"] - r["startup_s"])
+        cells = (f"{raws[0]:,.0f} | {raws[1]:,.0f} | {rate / raws[0]:.2f} / {rate / raws[1]:.2f} | "
+                 f"{work / raws[0]:.2f} / {work / raws[1]:.2f} |") if raws else "— | — | — | — |"
+        print(f"| {name} | {n} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {rate:,.0f} | "
+              f"{work:,.0f} | {cells} {r['peak_rss_mib']:,.0f} |")
+    rss = {(copies, bool(extra)): r for copies, _, extra, r in rss_runs}
+    for off in sorted({off for _, off in rss}):
+        one, ten = rss.get((remix_x, off)), rss.get((10 * remix_x, off))
+        if one and ten:
+            print(f"\npeak RSS x10 / x1 (remixed x{remix_x} -> x{10 * remix_x}{', near-dedup off' if off else ''}, "
+                  f"num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
+                  f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
 
 
 _TOKENIZER = None
 
 
-def _load(path: str, one_thread: bool) -> None:
+def _load(path: str, one_thread: bool, backend: bool) -> None:
     global _TOKENIZER
     if one_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from cpt.model.tokenizer import HFTokenizer
+    from cpt.model.tokenizer import HFTokenizer, worker_encoder
 
-    _TOKENIZER = HFTokenizer(path)
+    _TOKENIZER = worker_encoder(HFTokenizer(path)) if backend else HFTokenizer(path)
 
 
 def _count(texts: list[str]) -> int:
@@ -170,15 +184,18 @@ def _count(texts: list[str]) -> int:
 
 
 def raw_tokenizer_rate(tokenizer: Path, docs_dir: Path, num_proc: int, one_thread: bool = False,
-                       repeats: int = 3) -> float:
+                       backend: bool = False, repeats: int = 3) -> float:
     """Tokens/s of the batch tokenizer alone (batches of 256 documents) in `num_proc` processes, started and
     loaded before the clock starts; best of `repeats` (shared cores are noisy). one_thread: each process's
-    tokenizer on one thread (as in prepare's workers), else on as many as it likes (all cores)."""
+    tokenizer on one thread (as in prepare's workers), else on as many as it likes (all cores). backend: the Rust
+    backend alone, one thread per process — what prepare's tokenizer workers run (cpt.model.tokenizer's
+    worker_encoder)."""
     import multiprocessing
 
     texts = [json.loads(line)["text"] for f in sorted(docs_dir.glob("*.jsonl")) for line in f.open()]
     batches = [texts[i : i + 256] for i in range(0, len(texts), 256)]
-    with multiprocessing.get_context("spawn").Pool(num_proc, _load, (str(tokenizer), one_thread)) as pool:
+    with multiprocessing.get_context("spawn").Pool(num_proc, _load, (str(tokenizer), one_thread or backend,
+                                                                      backend)) as pool:
         pool.map(_count, [batches[0]] * num_proc)  # every worker loaded and warm
         best = 0.0
         for _ in range(repeats):
@@ -196,7 +213,8 @@ def main() -> None:
     ap.add_argument("--pdf", default=None, help="a big PDF to time at each num_proc (default: the R reference "
                                                  "manual if r-doc-pdf is installed; 'none': skip)")
     ap.add_argument("--parquet-only", action="store_true", help="only the Parquet section (issue 24)")
-    ap.add_argument("--rss-only", action="store_true", help="only the Parquet x1 / x10 peak RSS without near-dedup")
+    ap.add_argument("--tokenizer", default=None, help="the Parquet section's tokenizer directory (default: the BPE "
+                                                       "trained here; e.g. the Qwen2.5 tokenizer's directory)")
     args = ap.parse_args()
     from cpt.assets.corpora import corpus_path, fetch_licenses
 
@@ -210,9 +228,8 @@ def main() -> None:
         tmp = Path(tmp)
         tokenizer = train_bpe(corpus, tmp / "bpe")
         if args.parquet_only:
-            return parquet_section(corpus, tokenizer, tmp, counts, args.remix)
-        if args.rss_only:
-            return rss_without_near_dedup(corpus, tokenizer, tmp, max(counts))
+            return parquet_section(corpus, Path(args.tokenizer) if args.tokenizer else tokenizer, tmp, counts,
+                                   args.remix)
         big = tmp / "x10"
         big.mkdir()
         for f in sorted(corpus.glob("*.LICENSE")):
@@ -262,7 +279,8 @@ def main() -> None:
     print(f"peak RSS x{args.copies} / x1 (num_proc={hi}) = {ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}; "
           f"x{args.copies} dropped {ten['dropped']}")
     with tempfile.TemporaryDirectory() as tmp:
-        parquet_section(corpus, train_bpe(corpus, Path(tmp) / "bpe"), Path(tmp), counts, args.remix)
+        parquet_section(corpus, Path(args.tokenizer) if args.tokenizer else train_bpe(corpus, Path(tmp) / "bpe"),
+                        Path(tmp), counts, args.remix)
 
 
 if __name__ == "__main__":
