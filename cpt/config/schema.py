@@ -187,10 +187,11 @@ class ConvertConfig:
     # a Parquet file with more row groups is read in ranges of this many row groups by several workers (same output);
     # null = whole
     parquet_row_groups_per_task: Optional[int] = 4
-    # HTML: false = the page's text without navigation, page headers / footers and sidebars (found by their markup:
-    # cpt.data.html.NAVIGATION); true = also resiliparse's main-content rules, for web pages without such markup (they
-    # drop some body lists: BENCHMARKS.md, "HTML extraction")
-    html_main_content: bool = False
+    # HTML pages: false = the page's text without navigation, page headers / footers and sidebars (found by their
+    # markup: cpt.data.html.NAVIGATION); true = also resiliparse's main-content rules, for web pages without such
+    # markup (menus, cookie banners; they drop some body lists: BENCHMARKS.md, "HTML extraction"); null = false for
+    # .html files (documentation exports), true for the pages of WARC archives (crawled web pages)
+    html_main_content: Optional[bool] = None
     strip_front_matter: bool = True  # text files: a leading '---' YAML block becomes metadata, not text
 
 

@@ -13,6 +13,7 @@ on_record_error(number, message) and the rest of the file goes on. Formats:
   arrow    as parquet, from an Arrow IPC file/stream or a `datasets` save_to_disk directory (one source)
   html   one document per page, main content only (cpt.data.html); "title"
   docx   one document per file: paragraphs, headings, tables row by row (cpt.data.docx); "title"
+  warc   one document per HTML page of a web archive (cpt.data.warc); "url", "date", "record", "title"
 Text formats can be compressed (x.jsonl.zst, x.txt.gz, x.csv.bz2, x.json.xz: cpt.data.compressed), read as a stream.
 A compressed file that breaks midway keeps the documents read before the break; the file is reported with where it
 broke.
@@ -41,12 +42,13 @@ from cpt.data.docx import read_docx
 from cpt.data.html import read_html
 from cpt.data.pdf import read_pdf
 from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
+from cpt.data.warc import SKIP, read_warc
 
 FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
                            ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf",
                            ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".html": "html",
-                           ".htm": "html", ".xhtml": "html", ".docx": "docx"}
-STREAMABLE = {"text", "csv", "tsv", "json", "jsonl", "html"}  # the formats that can be read compressed
+                           ".htm": "html", ".xhtml": "html", ".docx": "docx", ".warc": "warc"}
+STREAMABLE = {"text", "csv", "tsv", "json", "jsonl", "html", "warc"}  # the formats that can be read compressed
 _FORMAT_NAMES = sorted(set(FORMATS.values()))
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ICONV = "convert it first, e.g. `iconv -f latin1 -t utf-8 in > out` (use its real encoding)"
@@ -115,7 +117,7 @@ def convert_file(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRe
     readers = {"text": _read_text, "csv": _read_csv, "tsv": _read_csv, "json": _read_json, "jsonl": _read_jsonl,
                "pdf": _read_pdf, **{name: _without_format(reader) for name, reader in
                                     (("parquet", read_parquet), ("arrow", read_arrow), ("html", read_html),
-                                     ("docx", read_docx))}}
+                                     ("docx", read_docx), ("warc", read_warc))}}
     if fmt not in readers:
         raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(_FORMAT_NAMES)}")
     if compression(path) and fmt not in STREAMABLE:
@@ -126,7 +128,8 @@ def convert_file(path: Path, fmt: str, cfg: ConvertConfig, on_record_error: OnRe
         if path.is_file() and path.stat().st_size == 0:
             raise EmptyFileError(path, "empty file: remove it or fill it")
         for record in readers[fmt](path, fmt, cfg, on_record_error):
-            read, last = read + 1, record
+            if SKIP not in record:  # a record a reader passed over is counted, not a document
+                read, last = read + 1, record
             yield record
     except OSError as e:
         raise FileError(path, f"cannot read: {e.strerror or e}") from e

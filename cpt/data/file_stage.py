@@ -35,6 +35,7 @@ from cpt.data.hf_source import read_remote
 from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
 from cpt.data.read_errors import EmptyFileError, FileError
 from cpt.data.split import split_of
+from cpt.data.warc import SKIP
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class FileResult:
     error: Optional[str] = None  # the whole file (or its rest) could not be converted
     empty: bool = False  # readable, but no trainable text
     pages: Optional[Pages] = None  # a page range's lines, before its PDF is put together (finish_pdf)
-    filtered: int = 0  # records the source's row filter (where) left out
+    skipped: dict[str, int] = field(default_factory=dict)  # records left out, per reason: the row filter's
+    # "filtered_out", a reader's own (a WARC archive's "not_html" / "not_200" responses)
     more: bool = False  # a part of a row-grouped Parquet file: more parts of the same file follow
 
 
@@ -133,8 +135,9 @@ def add_documents(task: FileTask, records: Iterable[dict], result: FileResult) -
     by_row = result.format in ROW_NUMBERED
     for n, record in enumerate(records):
         n = record["row"] - 1 if by_row else n
-        if task.where is not None and not row_matches(record, task.where):
-            result.filtered += 1
+        if SKIP in record or (task.where is not None and not row_matches(record, task.where)):
+            reason = record.get(SKIP, "filtered_out")
+            result.skipped[reason] = result.skipped.get(reason, 0) + 1
             continue
         for piece, where in split_document(record.pop("text"), task.chunk_chars):
             text = clean_text(piece, task.clean)

@@ -5,11 +5,11 @@ blocks kept. The page's <title> goes to metadata "title".
 Extractor: resiliparse's `extract_plain_text` (C++), after removing the elements that mark navigation, headers,
 footers and sidebars (`NAVIGATION`: <nav>, <aside>, <footer>, their ARIA roles, and class / id names such as DocBook's
 navheader/navfooter or Sphinx's sphinxsidebar/footer). data.convert.html_main_content=true adds resiliparse's
-main-content rules, for web pages without such markup. bench/html_extract.py chose this on two real manuals (DocBook
-and Sphinx): no navigation text, >= 99.5% of the body's paragraphs and headings kept, 2,278 / 61 pages/s; trafilatura
-dropped 80-86% of the DocBook section headings at 13-95 pages/s, resiliparse's main-content rules alone leaked every
-DocBook navigation bar and dropped 17-22% of list items, inscriptis has no main-content step (BENCHMARKS.md, "HTML
-extraction")."""
+main-content rules, for web pages without such markup (the default for the pages of WARC archives: cpt.data.warc).
+bench/html_extract.py chose this on two real manuals (DocBook and Sphinx): no navigation text, >= 99.5% of the body's
+paragraphs and headings kept, 2,278 / 61 pages/s; trafilatura dropped 80-86% of the DocBook section headings at
+13-95 pages/s, resiliparse's main-content rules alone leaked every DocBook navigation bar and dropped 17-22% of list
+items, inscriptis has no main-content step (BENCHMARKS.md, "HTML extraction")."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def read_html(path: Path, cfg: ConvertConfig, on_record_error: OnRecordError) ->
     with open_binary(path) as f:
         data = f.read()
     try:
-        text, title = html_to_text(data, cfg.html_main_content)
+        text, title = html_to_text(data, cfg.html_main_content is True)  # null: off for files
     except Exception as e:  # the parser is lenient: what reaches here is a file it cannot take at all
         raise FileError(path, f"not readable as HTML ({type(e).__name__}: {e}): check the file, or set the "
                               "source's `format` if it is not HTML") from None

@@ -102,8 +102,8 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                 entry = entry or report.file(task.source, task.path, result.format or task.format)
                 for line, message in result.record_errors:
                     report.record_error(entry, line, message)
-                if result.filtered:
-                    report.drop(entry, "filtered_out", result.filtered)
+                for reason, count in result.skipped.items():
+                    report.drop(entry, reason, count)
                 for doc in result.docs:
                     reason = doc.dropped or ("over_budget" if not budgets.wants(task.source) else None)
                     reason = reason or dedup.check(doc.signature, task.dedup)

@@ -174,7 +174,7 @@ def _encode(r: FileResult) -> dict:
              "key": d.signature[0],
              "minhash": d.signature[1].tolist() if d.signature[1] is not None else None} for d in r.docs]
     return {"format": r.format, "docs": docs, "record_errors": r.record_errors, "error": r.error, "empty": r.empty,
-            "pages": r.pages}
+            "pages": r.pages, "skipped": r.skipped}
 
 
 def _decode(o: dict) -> FileResult:
@@ -182,4 +182,5 @@ def _decode(o: dict) -> FileResult:
                 (d["key"],
                  np.array(d["minhash"], dtype=np.uint32) if d["minhash"] is not None else None), d["split"])
             for d in o["docs"]]
-    return FileResult(o["format"], docs, [tuple(e) for e in o["record_errors"]], o["error"], o["empty"], o["pages"])
+    return FileResult(o["format"], docs, [tuple(e) for e in o["record_errors"]], o["error"], o["empty"], o["pages"],
+                      o.get("skipped", {}))  # shards written before skipped counts were kept have none
