@@ -1,7 +1,8 @@
-"""Word documents (`.docx`) -> one document per file (python-docx): paragraphs and headings as paragraphs, tables
-row by row (cells joined by " | ", one row per line), in document order, blocks separated by a blank line. The core
-properties' title, when set, goes to metadata "title". A file that is not a readable .docx (damaged zip, missing
-parts, an old binary .doc renamed) raises FileError."""
+"""Word documents (`.docx`) -> one document per file (python-docx): paragraphs and headings as paragraphs, tables row by
+row (cells joined by " | ", one row per line; a table nested in a cell inline in it), in document order, blocks
+separated by a blank line. Page headers and footers are left out (running text, as in PDFs); footnotes are not read.
+The core properties' title, when set, goes to metadata "title". A file that is not a readable .docx (damaged zip,
+missing parts, an old binary .doc renamed) raises FileError."""
 
 from __future__ import annotations
 
@@ -20,17 +21,27 @@ from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
 CELL_SEPARATOR = " | "
 
 
-def _table_rows(table: Table) -> list[str]:
+def _table_rows(table: Table, cell_separator: str = CELL_SEPARATOR) -> list[str]:
     rows = []
     for row in table.rows:
         cells, seen = [], set()
         for cell in row.cells:  # a merged cell comes once per grid column it spans: written once
             if id(cell._tc) not in seen:
                 seen.add(id(cell._tc))
-                cells.append(" ".join(cell.text.split()))
+                cells.append(_cell_text(cell))
         if any(cells):
-            rows.append(CELL_SEPARATOR.join(cells))
+            rows.append(cell_separator.join(cells))
     return rows
+
+
+def _cell_text(cell) -> str:
+    """A cell's paragraphs and the tables nested in it (python-docx's cell.text leaves those out), on one line: a
+    nested table's rows separated by "; ", its cells by ", "."""
+    parts = []
+    for item in cell.iter_inner_content():
+        text = "; ".join(_table_rows(item, ", ")) if isinstance(item, Table) else item.text
+        parts.append(" ".join(text.split()))
+    return " ".join(part for part in parts if part)
 
 
 def read_docx(path: Path, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:

@@ -232,11 +232,15 @@ def test_docx_heading_paragraph_and_table_in_document_order(tmp_path):
     for r, row in enumerate([("Part", "Interval", "Owner"), ("Seal", "6 months", "Ops")]):
         for c, value in enumerate(row):
             grid.cell(r, c).text = value
+    nested = grid.cell(1, 2).add_table(rows=2, cols=2)  # a table in a cell: its text stays in that cell
+    for r, row in enumerate([("Ana", "day"), ("Ben", "night")]):
+        for c, value in enumerate(row):
+            nested.cell(r, c).text = value
     document.add_paragraph("Report leaks at once.")
     document.save(tmp_path / "m.docx")
     (got,), errors = convert(tmp_path / "m.docx")
     assert got["text"] == ("Maintenance schedule\n\nPumps are checked every spring.\n\nPart | Interval | Owner\n"
-                           "Seal | 6 months | Ops\n\nReport leaks at once.") and not errors
+                           "Seal | 6 months | Ops Ana, day; Ben, night\n\nReport leaks at once.") and not errors
     (tmp_path / "bad.docx").write_bytes((tmp_path / "m.docx").read_bytes()[:300])
     with pytest.raises(FileError, match=r"bad\.docx: not a readable \.docx .*open and save it again"):
         convert(tmp_path / "bad.docx")
