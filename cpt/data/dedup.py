@@ -215,5 +215,5 @@ class Deduplicator:
         return None
 
     def nbytes(self) -> int:
-        """Roughly what dedup remembers, in bytes (reported by prepare: it grows with the kept documents)."""
+        """Roughly what dedup remembers, in bytes (logged by prepare: it grows with the kept documents)."""
         return self.seen.nbytes() + sum(index.seen.nbytes() for index in self.indexes.values())

@@ -126,6 +126,8 @@ def convert_sources(cfg: DataConfig, results: Iterable[tuple[FileTask, FileResul
                 bar.update(1)
                 if bar.n % 256 == 0 or bar.n == total:  # formatting it for every file cost seconds on 20k files
                     bar.set_postfix(docs=sum(sum(c.values()) for c in report.kept.values()), refresh=False)
+        log.info("dedup remembered the kept documents in %.1f MiB (exact keys and LSH bands, 8 bytes each)",
+                 dedup.nbytes() / 2**20)
     finally:
         for out in outs.values():
             out.close()
