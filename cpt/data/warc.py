@@ -7,7 +7,8 @@ data.convert.html_main_content=false: crawled pages carry menus, cookie banners 
 Metadata: "url" (WARC-Target-URI), "date" (WARC-Date), "record" (the record's number in the file), "title".
 
 Records that hold no page (warcinfo, request, metadata, revisit, resource) are passed over; responses that are not
-HTML (images, PDFs, scripts) or not status 200 (redirects, errors) are counted per file as `not_html` / `not_200`.
+HTML (images, PDFs, scripts) or not status 200 (redirects, errors), and pages with no main text, are counted per
+file as `not_html` / `not_200` / `no_main_text`.
 A record cut short (its payload shorter than its Content-Length) ends the file: the pages before it are kept."""
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def read_warc(path: Path, cfg: ConvertConfig, on_record_error: OnRecordError) ->
             if record.raw_stream.limit:  # fewer bytes than the record's Content-Length: the archive ends here
                 raise FileError(path, _broken(pages, f"record {number} is cut short (a truncated archive)"))
             text, title = html_to_text(payload, main_content)
-            if not text.strip():
-                on_record_error(number, "no main text in the page")
+            if not text.strip():  # a page of scripts or images only: common in crawls, not an error
+                yield {SKIP: "no_main_text"}
                 continue
             pages += 1
             yield {"text": text, "url": record.rec_headers.get_header("WARC-Target-URI"),

@@ -59,7 +59,7 @@ def chunked(data: bytes, size: int = 50) -> bytes:
 
 
 def crawl() -> list[bytes]:
-    """warcinfo, a request, 3 pages (one gzip-encoded, one chunked), an image, a 404 and a redirect."""
+    """warcinfo, a request, 3 pages (one gzip-encoded, one chunked), an image, a 404, a redirect, a script-only page."""
     return [record("warcinfo", "", b"software: cpt-tests\r\n"), record("request", "https://law.example/lease"),
             record("response", "https://law.example/lease", web_page("Lease notice", sentences(1)).encode()),
             record("response", "https://law.example/logo.png", b"\x89PNG\r\n\x1a\n....", content_type="image/png"),
@@ -71,7 +71,8 @@ def crawl() -> list[bytes]:
                    gzip.compress(web_page("Deposit rules", sentences(3)).encode()),
                    content_type="text/html; charset=utf-8", headers="Content-Encoding: gzip\r\n"),
             record("response", "https://law.example/repairs",
-                   chunked(web_page("Repairs", sentences(4)).encode()), headers="Transfer-Encoding: chunked\r\n")]
+                   chunked(web_page("Repairs", sentences(4)).encode()), headers="Transfer-Encoding: chunked\r\n"),
+            record("response", "https://law.example/app", b"<html><body><script>start()</script></body></html>")]
 
 
 def prepared_pages(out: Path) -> dict[str, dict]:
@@ -91,7 +92,7 @@ def test_warc_pages_become_documents_with_their_url_and_the_rest_is_counted(tmp_
     assert sentences(4) in pages["https://law.example/repairs"]["text"]  # de-chunked
     assert not any(b in page["text"] for page in pages.values() for b in BOILERPLATE)  # main content by default
     (entry,) = json.loads((out / "report.json").read_text())["files"]
-    assert entry["status"] == "ok" and entry["dropped"] == {"not_html": 1, "not_200": 2}
+    assert entry["status"] == "ok" and entry["dropped"] == {"not_html": 1, "not_200": 2, "no_main_text": 1}
 
 
 def test_main_content_is_on_for_crawled_pages_and_off_for_html_files_unless_set(tmp_path):
