@@ -8,6 +8,7 @@ import bz2
 import gzip
 import json
 import lzma
+import zipfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -244,6 +245,42 @@ def test_docx_heading_paragraph_and_table_in_document_order(tmp_path):
     (tmp_path / "bad.docx").write_bytes((tmp_path / "m.docx").read_bytes()[:300])
     with pytest.raises(FileError, match=r"bad\.docx: not a readable \.docx .*open and save it again"):
         convert(tmp_path / "bad.docx")
+
+
+def with_notes(path: Path, footnotes: list[str], endnotes: list[str]) -> None:
+    """Give a .docx footnotes and endnotes as Word stores them: their parts (after Word's separator notes), the
+    document's relationships to them, their content types."""
+    main = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+    relation = "http://schemas.openxmlformats.org/officeDocument/2006/relationships/"
+    content = "application/vnd.openxmlformats-officedocument.wordprocessingml."
+    with zipfile.ZipFile(path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    rels, types = files["word/_rels/document.xml.rels"].decode(), files["[Content_Types].xml"].decode()
+    for kind, notes in (("footnote", footnotes), ("endnote", endnotes)):
+        separator = f'<w:{kind} w:type="separator" w:id="-1"><w:p><w:r><w:separator/></w:r></w:p></w:{kind}>'
+        items = "".join(f'<w:{kind} w:id="{i}"><w:p><w:r><w:t>{note}</w:t></w:r></w:p></w:{kind}>'
+                        for i, note in enumerate(notes, 1))
+        files[f"word/{kind}s.xml"] = f'<w:{kind}s xmlns:w="{main}">{separator}{items}</w:{kind}s>'.encode()
+        rels = rels.replace("</Relationships>", f'<Relationship Id="rId{kind}" Type="{relation}{kind}s" '
+                                                f'Target="{kind}s.xml"/></Relationships>')
+        types = types.replace("</Types>", f'<Override PartName="/word/{kind}s.xml" '
+                                          f'ContentType="{content}{kind}s+xml"/></Types>')
+    files["word/_rels/document.xml.rels"], files["[Content_Types].xml"] = rels.encode(), types.encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+def test_docx_footnotes_and_endnotes_follow_the_body(tmp_path):
+    import docx  # lazy: python-docx is needed by these tests only
+
+    document = docx.Document()
+    document.add_paragraph("The lease ends on notice.")
+    document.save(tmp_path / "n.docx")
+    with_notes(tmp_path / "n.docx", ["See the Tenancy Act 2019, s. 4.", "Repealed in 2021."], ["Drafted by counsel."])
+    (got,), errors = convert(tmp_path / "n.docx")
+    assert got["text"] == ("The lease ends on notice.\n\nNotes\n[1] See the Tenancy Act 2019, s. 4.\n"
+                           "[2] Repealed in 2021.\n[3] Drafted by counsel.") and not errors
 
 
 # ------------------------------------------------------------------------------------------ in prepare
