@@ -191,14 +191,16 @@ def assemble(part_results: Iterable[tuple[FileTask, int, FileResult]]) -> Iterat
     file read in ranges of row groups passed on part by part (`more` set on all but its last), so the parent never
     holds a whole big file — up to and with its first failed part (a read of the whole file stops there too)."""
     pdf_parts: list[FileResult] = []  # a PDF's page ranges until the last is in
-    seen, failed = 0, False  # parts of the current file so far; whether one of them failed
+    seen, failed, pdf = 0, False, False  # parts of the current file so far; whether one failed; whether it is a PDF
     for task, n_parts, result in part_results:
         if n_parts == 1:
             yield task, result
             continue
         seen += 1
         last = seen == n_parts
-        if result.format == "pdf":
+        if seen == 1:  # by the file, not the part: a part whose worker died has no format
+            pdf = detect_format(task.path, task.format) == "pdf"
+        if pdf:
             pdf_parts.append(result)
             if last:
                 yield task, finish_pdf(task, pdf_parts)

@@ -108,6 +108,10 @@ def test_near_index_decides_as_datasketch_lsh():
         expected.append("near_duplicate" if duplicate else None)
         got.append(ours.check(sig, cfg))
     assert got == expected
+    index = next(iter(ours.indexes.values()))
+    kept = signature(texts[0], cfg)[1]
+    shifted = np.roll(kept, -index.rows)  # band 1 of the kept document's values as band 0: different bands never meet
+    assert index.band_hashes(shifted)[0] != index.band_hashes(kept)[1]
     assert 150 < expected.count(None) < 550 and expected.count("near_duplicate") > 100  # both outcomes, many of each
 
 
@@ -124,4 +128,4 @@ def test_hash_set_holds_what_a_set_holds_across_merges():
         ours.update(batch)
         reference.update(batch)
     assert len(ours) == len(reference) and all(h in ours for h in rng.sample(sorted(reference), 500))
-    assert ours.nbytes() < 10 * len(reference)  # merged into the array: 8 bytes a member
+    assert ours.nbytes() < 20 * len(reference)  # mostly merged into the array: 8 bytes a member (~70 in a Python set)

@@ -179,6 +179,19 @@ def test_a_row_grouped_file_is_passed_on_part_by_part_and_not_held():
     assert passed == [True, True, True, False]
 
 
+def test_a_pdf_part_whose_worker_died_fails_its_file_once():
+    """A page range whose worker died comes back with no format: its PDF still gives one result, failed with that
+    part's error, whichever part it was."""
+    from cpt.data.file_stage import FileResult, assemble
+
+    task = FileTask("s", Path("manual.pdf"), None, ConvertConfig(), None, None, None, 0.1)
+    for dead in range(3):
+        parts = [FileResult(error="manual.pdf: the worker process died") if n == dead else
+                 FileResult(format="pdf", pages=[["a line"]]) for n in range(3)]
+        (only,) = [result for _, result in assemble((task, 3, part) for part in parts)]
+        assert only.error == "manual.pdf: the worker process died" and not only.more
+
+
 def test_a_save_to_disk_directory_is_one_source_read_in_order(tmp_path):
     datasets = pytest.importorskip("datasets", reason="datasets (the dev extra) writes the directory")
     ds = datasets.Dataset.from_dict({"text": [f"sample {i}" for i in range(30)], "k": list(range(30))})

@@ -125,6 +125,13 @@ def test_a_truncated_or_foreign_archive_is_reported_and_the_rest_is_prepared(tmp
     (src / "cut.warc").write_bytes(plain[: len(plain) - 500])  # the last record ends early
     members = b"".join(gzip.compress(r) for r in pages[1])
     (src / "cut.warc.gz").write_bytes(members[: len(members) - 400])  # the last gzip member ends early
+    image = record("response", "https://law.example/scan.png", b"\x89PNG" + bytes(range(256)) * 40,
+                   content_type="image/png")
+    two = {seed: b"".join(record("response", f"https://law.example/{n}", web_page(f"P{n}", sentences(n)).encode())
+                          for n in (seed, seed + 1)) for seed in (20, 30)}  # pages no other file has
+    (src / "cut-image.warc").write_bytes(two[20] + image[:-3000])  # cut inside a record that is no page
+    third = record("response", "https://law.example/y", web_page("Y", sentences(10)).encode())
+    (src / "cut-header.warc").write_bytes(two[30] + third[:40])  # cut inside a WARC header
     (src / "notes.warc").write_text("these are notes, not a web archive\n" * 20)
     (src / "good.warc").write_bytes(b"".join(crawl()))
     out = prepare(data_cfg(tmp_path, [{"name": "web", "paths": [str(src)]}], "data.clean.min_chars=20",
@@ -135,6 +142,10 @@ def test_a_truncated_or_foreign_archive_is_reported_and_the_rest_is_prepared(tmp
     assert "the 11 page(s) before it are kept" in report["cut.warc"]["error"]
     assert report["cut.warc.gz"]["status"] == "partly_read" and 0 < report["cut.warc.gz"]["kept"] < 12
     assert "gzip -t cut.warc.gz" in report["cut.warc.gz"]["error"]
+    assert report["cut-image.warc"]["status"] == "partly_read" and report["cut-image.warc"]["kept"] == 2
+    assert "record 3 is cut short" in report["cut-image.warc"]["error"]
+    assert report["cut-header.warc"]["status"] == "partly_read" and report["cut-header.warc"]["kept"] == 2
+    assert "record 3 cannot be read" in report["cut-header.warc"]["error"]
     assert report["notes.warc"]["status"] == "error" and "has no WARC header" in report["notes.warc"]["error"]
     assert report["good.warc"]["status"] == "ok" and report["good.warc"]["kept"] == 3
 
