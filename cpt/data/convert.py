@@ -41,8 +41,8 @@ from cpt.data.compressed import CorruptDataError, check_command, compression, in
 from cpt.data.docx import read_docx
 from cpt.data.html import read_html
 from cpt.data.pdf import read_pdf
-from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
-from cpt.data.warc import SKIP, read_warc
+from cpt.data.read_errors import SKIP, EmptyFileError, FileError, OnRecordError
+from cpt.data.warc import read_warc
 
 FORMATS: dict[str, str] = {".txt": "text", ".md": "text", ".rst": "text", ".text": "text", ".csv": "csv", ".tsv": "tsv",
                            ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".pdf": "pdf",

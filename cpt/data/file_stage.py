@@ -33,9 +33,8 @@ from cpt.data.convert import convert_file, detect_format
 from cpt.data.dedup import Signature, signature
 from cpt.data.hf_source import read_remote
 from cpt.data.pdf import Pages, close, page_count, read_pages, to_record
-from cpt.data.read_errors import EmptyFileError, FileError
+from cpt.data.read_errors import SKIP, EmptyFileError, FileError
 from cpt.data.split import split_of
-from cpt.data.warc import SKIP
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """How a reader reports what it cannot read: a whole file (FileError, raised: the caller reports the file and goes on;
 EmptyFileError: nothing to train on, counted) or one record (an OnRecordError callback with the record's line, row,
-record or page number: the rest of the file goes on). Every reader (cpt.data.convert, cpt.data.pdf) uses these."""
+record or page number: the rest of the file goes on), or a record it passes over on purpose ({SKIP: reason}:
+counted in the report). Every reader (cpt.data.convert, cpt.data.pdf, cpt.data.warc...) uses these."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 OnRecordError = Callable[[int, str], None]
+SKIP = "skip"  # a reader yields {SKIP: reason} for a record it passes over: no document, counted under that reason
 
 
 class FileError(Exception):

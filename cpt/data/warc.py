@@ -23,10 +23,9 @@ from warcio.archiveiterator import ArchiveIterator
 from cpt.config.schema import ConvertConfig
 from cpt.data.compressed import CorruptDataError, open_binary
 from cpt.data.html import html_to_text
-from cpt.data.read_errors import EmptyFileError, FileError, OnRecordError
+from cpt.data.read_errors import SKIP, EmptyFileError, FileError, OnRecordError
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
-SKIP = "skip"  # a record {"skip": reason}: not a document, counted under that reason (cpt.data.file_stage)
 
 
 def read_warc(path: Path, cfg: ConvertConfig, on_record_error: OnRecordError) -> Iterator[dict]:
