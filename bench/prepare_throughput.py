@@ -122,20 +122,19 @@ def to_parquet(text_dir: Path, out: Path, files: int = 4, row_group: int = 256) 
     return out
 
 
-def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int,
-                    near_off: bool = True) -> None:
+def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int], remix_x: int) -> None:
     """Parquet (issue 24): the remixed corpus (x`remix_x`) as a hub-layout dataset read through `hf: {path: <dir>}`
     (row groups are the units of work): end-to-end and after-start-up tokens/s at each num_proc against the raw
     tokenizer at the same process count, measured two ways — cpt's tokenizer (transformers, its own threads) and the
-    Rust backend alone with one thread per process (what prepare's tokenizer workers run; the faster here) — then
-    the same corpus x10 (distinct documents: ten times the work) for peak RSS, with near-dedup and without."""
-    rows, rss_runs = [], []
+    Rust backend alone with one thread per process (what prepare's tokenizer workers run) — then the same corpus
+    x10 (distinct documents: ten times the work) for peak RSS, with near-dedup and without."""
+    rows, rss = [], {}  # rss: the runs at the most processes, by (copies, near-dedup off)
     datasets = {x: to_parquet(remix(corpus, tmp / f"pq-text-{x}", x), tmp / f"pq-{x}") for x in (remix_x, 10 * remix_x)}
     for x in (remix_x, 10 * remix_x):
         shutil.rmtree(tmp / f"pq-text-{x}")
+    near_off = ("data.dedup.near=false",)
     for copies, nprocs, extra in ((remix_x, counts, ()), (10 * remix_x, [max(counts)], ()),
-                                  *(((remix_x, [max(counts)], ("data.dedup.near=false",)),
-                                     (10 * remix_x, [max(counts)], ("data.dedup.near=false",))) if near_off else ())):
+                                  (remix_x, [max(counts)], near_off), (10 * remix_x, [max(counts)], near_off)):
         for n in nprocs:
             root = tmp / f"pq-run-{copies}-{n}"
             run = run_prepare("", tokenizer, root, n, hf=str(datasets[copies]), extra=extra)
@@ -147,7 +146,7 @@ def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int],
             name = f"remixed x{copies} ({len(list(datasets[copies].rglob('*.parquet')))} files)"
             rows.append((name + (", near-dedup off" if extra else ""), n, run, raws))
             if n == max(counts):
-                rss_runs.append((copies, n, extra, run))
+                rss[copies, bool(extra)] = run
             shutil.rmtree(root)
     print("\n| Parquet corpus | num_proc | tokens out | wall s | start-up s | tokens/s end to end | tokens/s after "
           "start-up | raw: cpt tokenizer | raw: backend, 1 thread | end to end / raw (either) | after start-up / raw "
@@ -158,13 +157,11 @@ def parquet_section(corpus: Path, tokenizer: Path, tmp: Path, counts: list[int],
                  f"{work / raws[0]:.2f} / {work / raws[1]:.2f} |") if raws else "— | — | — | — |"
         print(f"| {name} | {n} | {r['tokens']:,} | {r['wall_s']:.1f} | {r['startup_s']:.1f} | {rate:,.0f} | "
               f"{work:,.0f} | {cells} {r['peak_rss_mib']:,.0f} |")
-    rss = {(copies, bool(extra)): r for copies, _, extra, r in rss_runs}
-    for off in sorted({off for _, off in rss}):
-        one, ten = rss.get((remix_x, off)), rss.get((10 * remix_x, off))
-        if one and ten:
-            print(f"\npeak RSS x10 / x1 (remixed x{remix_x} -> x{10 * remix_x}{', near-dedup off' if off else ''}, "
-                  f"num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
-                  f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
+    for off in (False, True):
+        one, ten = rss[remix_x, off], rss[10 * remix_x, off]
+        print(f"\npeak RSS x10 / x1 (remixed x{remix_x} -> x{10 * remix_x}{', near-dedup off' if off else ''}, "
+              f"num_proc={max(counts)}) = **{ten['peak_rss_mib'] / one['peak_rss_mib']:.2f}** "
+              f"({one['tokens']:,} -> {ten['tokens']:,} tokens)")
 
 
 _TOKENIZER = None

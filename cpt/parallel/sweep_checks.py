@@ -15,7 +15,7 @@ from cpt.config.schema import ConfigError, to_run_config
 from cpt.config.validate import validate
 from cpt.data.manifest import load_manifest_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpt.run")  # as before the move from cpt.parallel.launch
 
 
 class SweepChecks(Callback):
